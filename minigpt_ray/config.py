@@ -1,0 +1,288 @@
+"""Typed configuration: defaults, YAML + CLI overrides, validation that names the field.
+
+Each field carries one docstring (the string literal right below it); ``--help`` and the README are built from them,
+so a setting is documented in exactly one place. Every CLI flag is ``--<field-name>`` with dashes; field names are
+unique across sections so a flag maps to one field. Two short aliases exist because users type them most:
+``--model`` (model.name) and ``--data`` (data.sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting or input; the message names the field or file and fits on one line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gpt-micro"
+    """Built-in preset (see `minigpt_ray.model.PRESETS`: random init, i.e. pretraining) or an HF model directory /
+    hub id loaded with AutoModelForCausalLM.from_pretrained (safetensors, trust_remote_code off)."""
+    vocab_size: int = 0
+    """Vocabulary size of the byte-level BPE tokenizer trained for a preset (0 = the preset's default). Ignored when
+    the model directory brings its own tokenizer."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["shakespeare"])
+    """Training text: built-in corpora (shakespeare, zh-news, zh-reviews) and/or paths to .txt, .jsonl (a `text`
+    field), .parquet (a `text` column) files, directories of them, or a `datasets` dataset saved to disk. Several
+    sources are mixed; on the CLI separate them with commas."""
+    max_chars_per_source: int = 0
+    """Read at most this many characters from each source, taking whole documents in a fixed order (0 = all)."""
+    val_fraction: float = 0.02
+    """Fraction of documents held out for validation; the split hashes each document's text, so it is the same
+    on every run and machine."""
+    block_size: int = 256
+    """Tokens per training sequence; documents are EOS-separated and packed into blocks of this length."""
+    txt_split: str = "paragraph"
+    """How a user .txt file is cut into documents: paragraph (blank-line separated), line, or file."""
+    tokenizer_train_chars: int = 3_000_000
+    """Characters of training text sampled to train the BPE tokenizer (0 = all)."""
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    """Ray Train workers (data-parallel ranks). One GPU each when use_gpu is on."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; also the number of torch threads on CPU workers."""
+    use_gpu: str = "auto"
+    """auto (use GPUs when the cluster has them), true or false. GPU workers use nccl, CPU workers gloo."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain DDP), 1 (optimizer states sharded), 2 (+gradients), 3 (+parameters)."""
+    precision: str = "bf16"
+    """fp32, bf16 or fp16 (fp16 only on GPU). bf16 keeps fp32 master weights in the optimizer."""
+    micro_batch_size: int = 8
+    """Sequences per worker per forward/backward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step; global batch = micro_batch_size * grad_accum_steps * workers."""
+    max_steps: int = 200
+    """Optimizer steps to train for (the cosine schedule ends here)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine decay, as a fraction of lr."""
+    warmup_steps: int = 20
+    """Linear warmup steps from 0 to lr."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    eval_every: int = 50
+    """Compute validation loss/perplexity every N steps (and at the start and the end)."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation, the same ones every time (0 = the whole validation set)."""
+    checkpoint_every: int = 100
+    """Save a sharded DeepSpeed checkpoint through ray.train.report every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints Ray Train keeps."""
+    max_failures: int = 2
+    """Worker-group restarts (from the latest checkpoint) before the run fails."""
+    log_every: int = 10
+    """Print a progress line (step, loss, lr, tokens/s, MFU, ETA) every N steps."""
+    seed: int = 1234
+    """Seed for model init, data order and sampling."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one worker's device for MFU (0 = look up the GPU model, or measure a matmul on CPU)."""
+    check_resources: bool = True
+    """Fail before starting if the cluster cannot place all workers now (turn off on autoscaling clusters)."""
+
+
+@dataclass
+class RunConfig:
+    output: str = "runs/finetune"
+    """Output directory: model/ (HF format), metrics.json, checkpoints/ (Ray Train storage). Use shared storage
+    (NFS or s3://...) on a multi-node cluster."""
+    run_name: str = ""
+    """Ray Train run name; re-running with the same name and output resumes from its latest checkpoint
+    (default: the output directory's name)."""
+    ray_address: str = ""
+    """Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else an embedded local Ray)."""
+    sample_prompt: str = "今天天气"
+    """Prompt for a short greedy sample printed and stored in metrics.json at the end ('' = none)."""
+    sample_tokens: int = 40
+    """Tokens generated for the sample."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "RunConfig":
+        validate(self)
+        return self
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+ALIASES = {"name": "model", "sources": "data"}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each dataclass field to the docstring literal written under it."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:]):
+        if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[prev.target.id] = " ".join(str(node.value.value).split())
+    return docs
+
+
+def _flag(field_name: str) -> str:
+    return "--" + ALIASES.get(field_name, field_name).replace("_", "-")
+
+
+def _iter_fields():
+    """Yield (section or None, dataclass field, type) for every leaf setting."""
+    for f in dataclasses.fields(RunConfig):
+        if f.name in SECTIONS:
+            hints = get_type_hints(SECTIONS[f.name])
+            for sub in dataclasses.fields(SECTIONS[f.name]):
+                yield f.name, sub, hints[sub.name]
+        else:
+            yield None, f, get_type_hints(RunConfig)[f.name]
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with any of the settings below (CLI flags override it)")
+    docs = {None: field_docs(RunConfig), **{name: field_docs(cls) for name, cls in SECTIONS.items()}}
+    defaults = RunConfig()
+    for section, f, typ in _iter_fields():
+        default = getattr(getattr(defaults, section) if section else defaults, f.name)
+        parse = {bool: _parse_bool, int: int, float: float, str: str}.get(typ, _parse_list)
+        key = f"{section}.{f.name}" if section else f.name
+        metavar = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(typ, "A,B,...")
+        parser.add_argument(_flag(f.name), dest=key, type=parse, default=None, metavar=metavar,
+                            help=f"{docs[section].get(f.name, '')} [{key}, default: {default!r}]".replace("%", "%%"))
+    return parser
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config: file not found: {path}")
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of settings")
+    return loaded
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested settings; unknown keys are an error naming the key."""
+    cfg = RunConfig()
+    for key, value in values.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+            section = getattr(cfg, key)
+            for sub_key, sub_value in value.items():
+                _set(section, f"{key}.{sub_key}", sub_key, sub_value)
+        else:
+            _set(cfg, key, key, value)
+    return cfg
+
+
+def _set(target: Any, full_key: str, name: str, value: Any) -> None:
+    hints = get_type_hints(type(target))
+    if name not in hints or name in SECTIONS:
+        raise ConfigError(f"{full_key}: unknown setting")
+    typ = hints[name]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ == list[str] and isinstance(value, str):
+        value = _parse_list(value)
+    ok = isinstance(value, list) if typ == list[str] else isinstance(value, typ)
+    if typ is int and isinstance(value, bool):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{full_key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+    setattr(target, name, value)
+
+
+def parse_args(argv: list[str] | None, description: str) -> RunConfig:
+    """CLI → (YAML defaults, then flags) → validated RunConfig. Raises ConfigError on any bad setting."""
+    args = build_parser(description).parse_args(argv)
+    values = load_yaml(args.config) if args.config else {}
+    cfg = from_dict(values)
+    for key, value in vars(args).items():
+        if key == "config" or value is None:
+            continue
+        if "." in key:
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+        else:
+            setattr(cfg, key, value)
+    return cfg.validate()
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value that has a bounded domain; the first bad one raises ConfigError naming it."""
+    t, d, m = cfg.train, cfg.data, cfg.model
+    _require(bool(cfg.output.strip()), "output", "must be a directory path", cfg.output)
+    _require(m.vocab_size == 0 or m.vocab_size >= 300, "model.vocab_size", "must be 0 or >= 300 (256 bytes + merges)",
+             m.vocab_size)
+    _require(len(d.sources) > 0, "data.sources", "needs at least one corpus or path", d.sources)
+    _require(d.max_chars_per_source >= 0, "data.max_chars_per_source", "must be >= 0", d.max_chars_per_source)
+    _require(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)", d.val_fraction)
+    _require(d.block_size >= 8, "data.block_size", "must be >= 8", d.block_size)
+    _require(d.txt_split in ("paragraph", "line", "file"), "data.txt_split", "must be paragraph, line or file",
+             d.txt_split)
+    _require(t.num_workers >= 1, "train.num_workers", "must be >= 1", t.num_workers)
+    _require(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0", t.cpus_per_worker)
+    _require(t.use_gpu in ("auto", "true", "false"), "train.use_gpu", "must be auto, true or false", t.use_gpu)
+    _require(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "must be 0, 1, 2 or 3", t.zero_stage)
+    _require(t.precision in ("fp32", "bf16", "fp16"), "train.precision", "must be fp32, bf16 or fp16", t.precision)
+    _require(t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1", t.micro_batch_size)
+    _require(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1", t.grad_accum_steps)
+    _require(t.max_steps >= 1, "train.max_steps", "must be >= 1", t.max_steps)
+    _require(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    _require(0 <= t.warmup_steps < t.max_steps, "train.warmup_steps", "must be in [0, max_steps)", t.warmup_steps)
+    _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0", t.grad_clip)
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        _require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
+    _require(t.eval_batches >= 0, "train.eval_batches", "must be >= 0", t.eval_batches)
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    _require(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
+    _require(t.peak_tflops >= 0, "train.peak_tflops", "must be >= 0", t.peak_tflops)
+    _require(cfg.sample_tokens >= 1, "sample_tokens", "must be >= 1", cfg.sample_tokens)
+    if t.precision == "fp16" and t.use_gpu == "false":
+        raise ConfigError("train.precision: fp16 needs GPU workers (use bf16 on CPU), got 'fp16'")

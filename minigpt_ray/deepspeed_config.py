@@ -1,0 +1,41 @@
+"""The one function that turns the typed TrainConfig into a DeepSpeed config dict."""
+
+from __future__ import annotations
+
+from minigpt_ray.config import TrainConfig
+
+
+def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict:
+    """Optimizer, LR schedule, precision and ZeRO settings for `world_size` data-parallel ranks.
+
+    AdamW runs as torch's implementation (`torch_adam`) so no DeepSpeed op has to be compiled on CPU machines;
+    WarmupCosineLR gives linear warmup then cosine decay to lr·min_lr_ratio over max_steps optimizer steps.
+    """
+    zero: dict = {"stage": train.zero_stage}
+    if train.zero_stage >= 1:
+        zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True,
+                    reduce_bucket_size=50_000_000, allgather_bucket_size=50_000_000)
+    if train.zero_stage == 3:
+        # Gather parameters for the whole model on save so rank 0 can write a full state dict.
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
+        "gradient_clipping": train.grad_clip,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16", "initial_scale_power": 16},
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": train.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": train.weight_decay,
+                       "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {"total_num_steps": train.max_steps, "warmup_num_steps": train.warmup_steps,
+                       "warmup_min_ratio": 0.0, "cos_min_ratio": train.min_lr_ratio, "warmup_type": "linear"},
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

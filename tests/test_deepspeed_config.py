@@ -1,0 +1,27 @@
+from minigpt_ray.config import RunConfig
+from minigpt_ray.deepspeed_config import build_deepspeed_config
+
+
+def test_dict_follows_the_typed_config():
+    cfg = RunConfig()
+    t = cfg.train
+    t.zero_stage, t.precision, t.micro_batch_size, t.grad_accum_steps = 3, "bf16", 4, 3
+    t.lr, t.max_steps, t.warmup_steps, t.min_lr_ratio, t.grad_clip = 5e-4, 100, 10, 0.2, 0.5
+    ds = build_deepspeed_config(cfg.validate().train, world_size=2)
+    assert ds["train_batch_size"] == 4 * 3 * 2
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["optimizer"]["params"]["torch_adam"] is True
+    sched = ds["scheduler"]["params"]
+    assert (sched["total_num_steps"], sched["warmup_num_steps"], sched["cos_min_ratio"]) == (100, 10, 0.2)
+
+
+def test_stage0_fp32_has_no_zero_extras():
+    cfg = RunConfig()
+    cfg.train.zero_stage, cfg.train.precision = 0, "fp32"
+    ds = build_deepspeed_config(cfg.validate().train, world_size=1)
+    assert ds["zero_optimization"] == {"stage": 0}
+    assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
