@@ -3,6 +3,7 @@ directory / hub id through AutoModelForCausalLM.from_pretrained (GPT-2 included)
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -52,6 +53,11 @@ def preset_vocab_size(name: str, override: int) -> int:
 def check_pretrained(name: str) -> PretrainedConfig:
     """Resolve a model directory or hub id to its config before any worker starts, with a one-line error."""
     path = Path(name).expanduser()
+    if "/" not in name and not path.exists():
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"model.name: unknown preset {name!r} ({hint}presets: {', '.join(PRESETS)}; a hub id is "
+                          "written org/name, a directory as a path)")
     looks_like_path = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
     if looks_like_path and not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"

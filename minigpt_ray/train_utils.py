@@ -48,7 +48,10 @@ def live_tensor_bytes() -> int:
     import gc
 
     storages = {}
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():  # isinstance() on some deprecated torch module objects warns
+        warnings.simplefilter("ignore")
+        objects = gc.get_objects()
+    for obj in objects:
         try:
             if isinstance(obj, torch.Tensor) and obj.device.type in ("cpu", "cuda"):
                 storage = obj.untyped_storage()
@@ -152,6 +155,9 @@ def maybe_crash(crash_once: dict | None, step: int, rank: int) -> None:
     if marker.exists():
         return
     marker.write_text(str(step))
+    # Die a while after the last checkpoint, as a real failure would: Ray Train registers a reported checkpoint
+    # at its next poll of the workers (about every second), and one reported just before a crash may be lost.
+    time.sleep(crash_once.get("delay_s", 5.0))
     sys.__stdout__.write(f"[minigpt_ray] injected crash at step {step} on rank {rank}\n")
     sys.__stdout__.flush()
     os._exit(1)

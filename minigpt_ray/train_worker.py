@@ -153,8 +153,7 @@ def _report(ctx: dict, final: bool) -> None:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             if final:
                 wu.save_hf_model(engine.module.config, full_state, Path(tmp) / HF_MODEL_DIR)
-        # Named by step: one checkpoint per step exists, since a resumed finished run reports nothing new.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_step_{state['step']:07d}")
+        # Ray names the directory (by time), so a step redone after a restart never lands on an existing one.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     if not math.isfinite(metrics.get("val_loss", 0.0)):
         raise FloatingPointError(f"validation loss is {metrics['val_loss']} at step {state['step']}: lower train.lr")

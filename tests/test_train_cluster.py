@@ -15,8 +15,12 @@ pytestmark = pytest.mark.cluster
 
 
 def _state(output: Path) -> dict:
-    latest = sorted((output / "checkpoints" / output.name).glob("checkpoint_step_*"))[-1]
-    return json.loads((latest / "trainer_state.json").read_text())
+    return json.loads((_latest_checkpoint(output) / "trainer_state.json").read_text())
+
+
+def _latest_checkpoint(output: Path) -> Path:
+    folders = [p for p in (output / "checkpoints" / output.name).glob("checkpoint_*") if p.is_dir()]
+    return max(folders, key=lambda p: p.stat().st_mtime)
 
 
 def test_zero2_bf16_loss_goes_down_and_outputs_are_complete(ray_cluster, tmp_path):
@@ -30,8 +34,7 @@ def test_zero2_bf16_loss_goes_down_and_outputs_are_complete(ray_cluster, tmp_pat
     on_disk = json.loads((output / "metrics.json").read_text())
     for key in ("initial_val_loss", "final_val_loss", "initial_val_ppl", "final_val_ppl", "steps", "tokens_per_s"):
         assert on_disk[key] == metrics[key]
-    assert sorted(p.name for p in (output / "model").iterdir()) >= ["config.json", "model.safetensors",
-                                                                     "tokenizer.json"]
+    assert {p.name for p in (output / "model").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert isinstance(metrics["sample"]["completion"], str) and metrics["sample"]["completion"]
     assert not list(output.glob(".model.*"))  # no staging directory left behind
 
@@ -46,8 +49,7 @@ def test_zero3_fp32_consolidated_model_matches_trained_weights(ray_cluster, tmp_
     model = AutoModelForCausalLM.from_pretrained(output / "model")
     tokenizer = AutoTokenizer.from_pretrained(output / "model")
     # The trained weights, read independently from the sharded ZeRO-3 checkpoint Ray Train merged from both ranks.
-    latest = sorted((output / "checkpoints" / "z3").glob("checkpoint_step_*"))[-1]
-    trained = get_fp32_state_dict_from_zero_checkpoint(str(latest), tag="ds")
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(_latest_checkpoint(output)), tag="ds")
     reference = AutoModelForCausalLM.from_config(model.config)
     reference.load_state_dict(trained, strict=False)
     reference.tie_weights()
@@ -68,10 +70,11 @@ def test_resume_after_worker_crash_continues_then_rerun_resumes(ray_cluster, tmp
     assert metrics["train_tokens"] == 12 * 2 * 8 * 64   # tokens counted once: continued, not restarted
     assert [h["step"] for h in metrics["history"]] == [0, 6, 12]
     assert metrics["history"][1]["val_loss"] < metrics["history"][0]["val_loss"]
-    # Same run name again: nothing left to train, so it resumes at the end instead of starting over.
+    # Same run name again: it resumes from the final checkpoint, so nothing is retrained and no checkpoint added.
+    checkpoints_before = sorted(p.name for p in (output / "checkpoints" / "crash").iterdir() if p.is_dir())
     again = run_training(cfg)
-    assert _state(output)["resumed_from"] == [4, 12]
-    assert again["final_val_loss"] == metrics["final_val_loss"]
+    assert sorted(p.name for p in (output / "checkpoints" / "crash").iterdir() if p.is_dir()) == checkpoints_before
+    assert (again["steps"], again["final_val_loss"]) == (12, metrics["final_val_loss"])
 
 
 def test_finetune_gpt2_checkpoint_from_directory(ray_cluster, tmp_path, shakespeare_text):

@@ -1,0 +1,75 @@
+"""`ray job submit` against a real `ray start --head` cluster with token auth on (Ray 2.60's default)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """A separate Ray head on its own ports (not 6379/8265), stopped by killing its process group afterwards:
+    `ray stop` would also stop the session's embedded Ray."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    dashboard_port = _free_port()
+    log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 120
+    while _ray(["job", "list", "--address", address], dict(env, RAY_AUTH_MODE="token"), timeout=60).returncode:
+        assert head.poll() is None and time.time() < deadline, (tmp_path / "head.log").read_text()[-3000:]
+        time.sleep(2)
+    # Clients must opt in to sending the token: RAY_AUTH_MODE=token, token from ~/.ray/auth_token.
+    yield address, dict(env, RAY_AUTH_MODE="token")
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+def test_job_submit_runs_finetune_with_token_auth(head_node, tmp_path):
+    address, env = head_node
+    # Token auth is on: a client with a wrong token, or none, is turned away.
+    for bad_env in (dict(env, RAY_AUTH_TOKEN="not-the-cluster-token"), dict(env, RAY_AUTH_MODE="disabled")):
+        rejected = _ray(["job", "list", "--address", address], bad_env)
+        assert rejected.returncode != 0
+        assert "token" in (rejected.stdout + rejected.stderr).lower()
+    output = tmp_path / "job-out"
+    submitted = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                      "python", "jobs/finetune.py", "--model", "gpt-nano", "--vocab-size", "512", "--data",
+                      "shakespeare", "--max-chars-per-source", "100000", "--block-size", "64", "--max-steps", "10",
+                      "--warmup-steps", "2", "--eval-every", "5", "--checkpoint-every", "10", "--log-every", "5",
+                      "--eval-batches", "4", "--num-workers", "2", "--zero-stage", "2", "--output", str(output)],
+                     env, timeout=900)
+    logs = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0, logs[-4000:]
+    assert "succeeded" in logs and "step 10/10" in logs and "val loss" in logs
+    assert (output / "model" / "model.safetensors").is_file()
+    assert (output / "metrics.json").is_file()
