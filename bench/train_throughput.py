@@ -35,6 +35,7 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int) -> 
     t.max_steps, t.warmup_steps, t.micro_batch_size = steps, 2, micro
     t.eval_every = t.checkpoint_every = 10**6
     t.eval_batches, t.log_every = 2, 10
+    t.checkpoint_every = steps  # the final checkpoint only
     return cfg.validate()
 
 
@@ -105,17 +106,18 @@ def main() -> None:
 
 
 def memory_table(args, work: str) -> None:
-    print(f"\npeak RSS growth per worker after the model is built ({args.memory_model}, bf16, 2 workers):")
-    print("| ZeRO | worker 0 MiB | worker 1 MiB | vs ZeRO-0 |")
-    print("|---|---|---|---|")
-    base = None
+    rows = []
     for stage in (0, 1, 2, 3):
         run = base_config(args.memory_model, 4, f"{work}/mem-z{stage}", args.block_size, 2)
         run.train.zero_stage = stage
         m = ray_run(run)
-        mib = [v / 2**20 for v in m["peak_rss_delta_bytes_per_worker"]]
-        base = base or max(mib)
-        print(f"| {stage} | {mib[0]:,.0f} | {mib[1]:,.0f} | {max(mib) / base:.2f} |")
+        rows.append((stage, max(m["tensor_bytes_per_worker"]) / 2**20, max(m["peak_rss_bytes_per_worker"]) / 2**20))
+    print(f"\nmemory per worker, {args.memory_model}, bf16, 2 workers (tensor storage alive after the last step: "
+          "weights + grads + optimizer states + buffers; and peak RSS of the worker process):")
+    print("| ZeRO | tensors MiB (max over workers) | vs ZeRO-0 | peak RSS MiB | vs ZeRO-0 |")
+    print("|---|---|---|---|---|")
+    for stage, tensors, rss in rows:
+        print(f"| {stage} | {tensors:,.0f} | {tensors / rows[0][1]:.2f} | {rss:,.0f} | {rss / rows[0][2]:.2f} |")
     sys.stdout.flush()
 
 

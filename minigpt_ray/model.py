@@ -96,7 +96,9 @@ def model_spec(name: str, config: PretrainedConfig, gradient_checkpointing: bool
     """Plain dict a worker needs to build the model (no objects: it crosses the Ray boundary)."""
     return {
         "preset_config": config.to_dict() if is_preset(name) else None,
-        "pretrained": None if is_preset(name) else name,
+        # Absolute: a worker's working directory is not the driver's.
+        "pretrained": None if is_preset(name) else (str(Path(name).expanduser().resolve())
+                                                    if Path(name).expanduser().exists() else name),
         "gradient_checkpointing": gradient_checkpointing,
         "seed": seed,
     }

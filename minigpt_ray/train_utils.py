@@ -50,14 +50,13 @@ def live_tensor_bytes() -> int:
     storages = {}
     with warnings.catch_warnings():  # isinstance() on some deprecated torch module objects warns
         warnings.simplefilter("ignore")
-        objects = gc.get_objects()
-    for obj in objects:
-        try:
-            if isinstance(obj, torch.Tensor) and obj.device.type in ("cpu", "cuda"):
-                storage = obj.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        except Exception:  # some tensor subclasses / meta tensors have no storage
-            continue
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, torch.Tensor) and obj.device.type in ("cpu", "cuda"):
+                    storage = obj.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+            except Exception:  # some tensor subclasses / meta tensors have no storage
+                continue
     return sum(storages.values())
 
 
