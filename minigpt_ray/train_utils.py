@@ -114,7 +114,7 @@ def cluster_peak_flops(config: dict, device: torch.device, world: int) -> float:
         name = torch.cuda.get_device_name(device)
         per_worker = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 100.0) * 1e12
     else:
-        dtype = torch.bfloat16 if config["train"]["precision"] == "bf16" else torch.float32
+        dtype = torch.bfloat16 if config["train"]["precision"].startswith("bf16") else torch.float32
         per_worker = measure_matmul_flops(dtype, device)
     total = torch.tensor([per_worker], dtype=torch.float64, device=device)
     dist.all_reduce(total)

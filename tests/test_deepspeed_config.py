@@ -24,4 +24,12 @@ def test_stage0_fp32_has_no_zero_extras():
     cfg.train.zero_stage, cfg.train.precision = 0, "fp32"
     ds = build_deepspeed_config(cfg.validate().train, world_size=1)
     assert ds["zero_optimization"] == {"stage": 0}
+    assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and "torch_autocast" not in ds
+
+
+def test_bf16_mixed_is_torch_autocast_on_fp32_weights():
+    cfg = RunConfig()
+    cfg.train.precision = "bf16-mixed"
+    ds = build_deepspeed_config(cfg.validate().train, world_size=2)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
