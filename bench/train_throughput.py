@@ -2,9 +2,10 @@
 
   .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small]
 
-Prints (1) tokens/s of a plain single-process loop with all threads, in fp32 and bf16; (2) tokens/s and MFU of
-the Ray path (workers x 1 thread) per precision and ZeRO stage, with the ratio to the plain loop in the same
-precision; (3) peak RSS growth per worker for ZeRO 0-3 on a larger model. MFU uses a matmul peak measured here.
+Prints, per precision and ZeRO stage, the steady tokens/s and MFU of the Ray path (2 workers x 1 thread) and of a
+plain single-process loop (all threads) in the same precision measured just before it, their ratio and the ratio
+to the plain fp32 loop; then model-state memory per worker for ZeRO 0-3 on a larger model. MFU uses a matmul peak
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int) -> 
 def plain_loop(prepared, precision: str, steps: int, threads: int) -> float:
     """tokens/s of an ordinary single-process loop: AdamW, autocast for bf16, same model, data and batch."""
     torch.set_num_threads(threads)
+    precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
     worker_cfg = prepared.worker_config(1)
     model = build_model(worker_cfg["model"], attention_for("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
@@ -72,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt-micro")
     parser.add_argument("--memory-model", default="gpt-small")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=8)
     args = parser.parse_args()
@@ -83,28 +85,30 @@ def main() -> None:
     peak = {p: measure_matmul_flops(torch.bfloat16 if p != "fp32" else torch.float32, torch.device("cpu"), 1.0)
             for p in ("fp32", "bf16-mixed")}
     peak["bf16"] = peak["bf16-mixed"]
-    model = build_model(prepared.worker_config(1)["model"])
+    model = build_model(prepared.worker_config(1)["model"], attention_for("cpu"))
     flops_tok = flops_per_token(model.config, count_parameters(model), args.block_size)
-    plain = {p: plain_loop(prepared, p, args.steps, threads) for p in ("fp32", "bf16-mixed")}
-    plain["bf16"] = plain["bf16-mixed"]  # the plain loop's bf16 is autocast either way
+    plain_fp32_before = plain_loop(prepared, "fp32", args.steps, threads)
     rows = []
     for precision, stage in [("fp32", 2), ("bf16", 2), ("bf16-mixed", 0), ("bf16-mixed", 1), ("bf16-mixed", 2),
                              ("bf16-mixed", 3)]:
+        # The plain loop in the same precision is re-measured right before each Ray run: this machine's speed
+        # drifts by 2x over minutes, and a ratio is only meaningful between neighbouring measurements.
+        plain = plain_loop(prepared, precision, args.steps, threads)
         run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}", args.block_size, args.micro_batch)
         run.train.precision, run.train.zero_stage = precision, stage
         m = ray_run(run)
-        rows.append((precision, stage, m["steady_tokens_per_s"]))  # after 5 warm-up steps, like the plain loop
+        rows.append((precision, stage, m["steady_tokens_per_s"], plain))  # both skip their warm-up steps
+    plain_fp32 = (plain_fp32_before + plain_loop(prepared, "fp32", args.steps, threads)) / 2
     print(f"\nmodel {args.model}: {count_parameters(model) / 1e6:.1f}M params, block {args.block_size}, global batch "
           f"{2 * args.micro_batch}, {args.steps} steps; matmul peak ({threads} threads): fp32 "
-          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
-    print("| path | precision | ZeRO | tokens/s | vs plain same precision | vs plain fp32 | MFU |")
-    print("|---|---|---|---|---|---|---|")
-    for p in ("fp32", "bf16-mixed"):
-        print(f"| plain loop, 1 process x {threads} threads | {p} | - | {plain[p]:,.0f} | 1.00 | "
-              f"{plain[p] / plain['fp32']:.2f} | {flops_tok * plain[p] / peak[p]:.1%} |")
-    for precision, stage, tps in rows:
-        print(f"| Ray Train + DeepSpeed, 2 workers x 1 thread | {precision} | {stage} | {tps:,.0f} | "
-              f"{tps / plain[precision]:.2f} | {tps / plain['fp32']:.2f} | {flops_tok * tps / peak[precision]:.1%} |")
+          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain fp32 loop "
+          f"{plain_fp32:,.0f} tokens/s (mean of first and last measurement)")
+    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | plain loop same precision, 1 process x "
+          f"{threads} threads | ratio | vs plain fp32 | MFU |")
+    print("|---|---|---|---|---|---|")
+    for precision, stage, tps, plain in rows:
+        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {plain:,.0f} | {tps / plain:.2f} | {tps / plain_fp32:.2f} | "
+              f"{flops_tok * tps / peak[precision]:.1%} |")
     memory_table(args, work)
 
 
@@ -115,8 +119,8 @@ def memory_table(args, work: str) -> None:
         run.train.zero_stage = stage
         m = ray_run(run)
         rows.append((stage, max(m["tensor_bytes_per_worker"]) / 2**20, max(m["peak_rss_bytes_per_worker"]) / 2**20))
-    print(f"\nmemory per worker, {args.memory_model}, bf16-mixed, 2 workers (tensor storage alive after the last step: "
-          "weights + grads + optimizer states + buffers; and peak RSS of the worker process):")
+    print(f"\nmemory per worker, {args.memory_model}, bf16-mixed, 2 workers (tensor storage alive after the last backward: "
+          "weights + gradients + optimizer states + comm buffers; and peak RSS of the worker process):")
     print("| ZeRO | tensors MiB (max over workers) | vs ZeRO-0 | peak RSS MiB | vs ZeRO-0 |")
     print("|---|---|---|---|---|")
     for stage, tensors, rss in rows:

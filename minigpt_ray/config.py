@@ -96,6 +96,9 @@ class TrainConfig:
     """Worker-group restarts (from the latest checkpoint) before the run fails."""
     log_every: int = 10
     """Print a progress line (step, loss, lr, tokens/s, MFU, ETA) every N steps."""
+    bucket_size: int = 5_000_000
+    """DeepSpeed communication bucket size in elements (gradient reduce, all-gather, ZeRO-3 prefetch). Each bucket
+    is a buffer on every worker: larger is faster for big models on GPUs, smaller saves memory on small ones."""
     seed: int = 1234
     """Seed for model init, data order and sampling."""
     peak_tflops: float = 0.0
@@ -284,6 +287,7 @@ def validate(cfg: RunConfig) -> None:
     _require(t.eval_batches >= 0, "train.eval_batches", "must be >= 0", t.eval_batches)
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     _require(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
+    _require(t.bucket_size >= 100_000, "train.bucket_size", "must be >= 100000", t.bucket_size)
     _require(t.peak_tflops >= 0, "train.peak_tflops", "must be >= 0", t.peak_tflops)
     _require(cfg.sample_tokens >= 1, "sample_tokens", "must be >= 1", cfg.sample_tokens)
     if t.precision == "fp16" and t.use_gpu == "false":

@@ -15,10 +15,11 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict:
     zero: dict = {"stage": train.zero_stage}
     if train.zero_stage >= 1:
         zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True,
-                    reduce_bucket_size=50_000_000, allgather_bucket_size=50_000_000)
+                    reduce_bucket_size=train.bucket_size, allgather_bucket_size=train.bucket_size)
     if train.zero_stage == 3:
-        # Gather parameters for the whole model on save so rank 0 can write a full state dict.
-        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
+        # Parameters are gathered layer by layer; nothing stays resident, so the per-worker saving is real.
+        zero.update(stage3_prefetch_bucket_size=train.bucket_size, stage3_param_persistence_threshold=0,
+                    stage3_gather_16bit_weights_on_model_save=True)
     config = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum_steps,

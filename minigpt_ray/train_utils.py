@@ -3,6 +3,7 @@ peak-FLOP measurement. Kept apart so the loop itself reads on one screen."""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -71,14 +72,18 @@ def endless_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]
         epoch += 1
 
 
-def rank_batches(dataset_iter, batch_size: int, max_batches: int, rank: int, world: int) -> Iterator[torch.Tensor]:
-    """This rank's share (every world-th batch) of the first `max_batches` validation batches, in a fixed order,
-    so the ranks together cover the same tokens whatever the worker count."""
-    for index, batch in enumerate(dataset_iter.iter_torch_batches(batch_size=batch_size, dtypes=torch.long)):
-        if max_batches and index >= max_batches:
+def rank_batches(dataset_iter, batch_size: int, max_batches: int, rank: int, world: int
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """This rank's share (every world-th batch) of the first `max_batches` validation batches, in a fixed order, so
+    the ranks together cover the same tokens whatever the worker count; plus uncounted padding batches that even
+    out the number of forward passes per rank."""
+    batches = []
+    for batch in dataset_iter.iter_torch_batches(batch_size=batch_size, dtypes=torch.long):
+        if max_batches and len(batches) >= max_batches:
             break
-        if index % world == rank:
-            yield batch["data"]
+        batches.append(batch["data"])
+    mine = batches[rank::world]
+    return mine, batches[:1] * (math.ceil(len(batches) / world) - len(mine))
 
 
 def global_mean(total: float, count: int, device: torch.device) -> float:

@@ -77,10 +77,13 @@ def _train_steps(ctx: dict) -> None:
     engine.train()
     while state["step"] < train_cfg["max_steps"]:
         t0 = time.perf_counter()
-        for _ in range(train_cfg["grad_accum_steps"]):
+        for micro in range(train_cfg["grad_accum_steps"]):
             input_ids = next(batches).to(ctx["device"])
             loss = engine(input_ids=input_ids, labels=input_ids).loss
             engine.backward(loss)
+            if state["step"] + 1 == train_cfg["max_steps"] and micro + 1 == train_cfg["grad_accum_steps"]:
+                # Model-state high-water mark (weights + full gradients + optimizer states): what ZeRO shards.
+                state["tensor_bytes"] = wu.live_tensor_bytes()
             engine.step()
             window["loss"] += loss.item()
             window["n"] += 1
@@ -118,10 +121,11 @@ def _log_progress(ctx: dict, window: dict, tokens_per_step: int) -> None:
 
 def _evaluate_and_record(ctx: dict) -> None:
     config, state = ctx["config"], ctx["state"]
-    shard = ray.train.get_dataset_shard("val")
-    batches = wu.rank_batches(shard, config["train"]["micro_batch_size"], config["train"]["eval_batches"],
-                              ctx["rank"], ctx["world"])
-    total_nll, total_tokens = nll_sums(ctx["engine"].module, batches, ctx["device"])
+    mine, padding = wu.rank_batches(ray.train.get_dataset_shard("val"), config["train"]["micro_batch_size"],
+                                    config["train"]["eval_batches"], ctx["rank"], ctx["world"])
+    total_nll, total_tokens = nll_sums(ctx["engine"].module, mine, ctx["device"])
+    # Every rank runs the same number of forwards: under ZeRO-3 each forward gathers parameters collectively.
+    nll_sums(ctx["engine"].module, padding, ctx["device"])
     sums = torch.tensor([total_nll, float(total_tokens)], dtype=torch.float64, device=ctx["device"])
     dist.all_reduce(sums)
     val_loss, val_ppl = loss_and_perplexity(sums[0].item(), int(sums[1].item()))
@@ -140,7 +144,7 @@ def _report(ctx: dict, final: bool) -> None:
     engine, state, rank = ctx["engine"], ctx["state"], ctx["rank"]
     metrics = dict(state["history"][-1]) if state["history"] else {"step": state["step"]}
     metrics.update(step=state["step"], final=final, peak_rss_bytes=wu.peak_rss_bytes(),
-                   tensor_bytes=wu.live_tensor_bytes())
+                   tensor_bytes=state.get("tensor_bytes") or wu.live_tensor_bytes())
     metrics = {k: v for k, v in metrics.items() if v is not None}
     memory = wu.gather_floats([metrics["peak_rss_bytes"], metrics["tensor_bytes"]], ctx["device"], ctx["world"])
     state["peak_rss_bytes_per_worker"] = [m[0] for m in memory]
