@@ -118,7 +118,8 @@ class RunConfig:
     ray_address: str = ""
     """Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else an embedded local Ray)."""
     sample_prompt: str = "今天天气"
-    """Prompt for a short greedy sample printed and stored in metrics.json at the end ('' = none)."""
+    """Prompt for a short seeded sample (top-k 40, temperature 0.8) printed and stored in metrics.json at the end
+    ('' = none)."""
     sample_tokens: int = 40
     """Tokens generated for the sample."""
     model: ModelConfig = field(default_factory=ModelConfig)

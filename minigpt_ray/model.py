@@ -117,10 +117,14 @@ def flops_per_token(config: PretrainedConfig, n_params: int, seq_len: int) -> fl
 
 
 @torch.no_grad()
-def greedy_sample(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of `prompt` (deterministic), decoded without the prompt."""
+def sample_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0,
+                temperature: float = 0.8, top_k: int = 40) -> str:
+    """A seeded top-k sample continuing `prompt` (the same text for the same model and seed), without the prompt.
+    Sampling rather than greedy: greedy decoding of a small model collapses into one repeated token."""
     model.eval()
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=True,
+                         temperature=temperature, top_k=top_k, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

@@ -17,7 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from minigpt_ray.config import ConfigError
 from minigpt_ray.config import RunConfig as JobConfig
-from minigpt_ray.model import count_parameters, greedy_sample
+from minigpt_ray.model import count_parameters, sample_text
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.prepare import PreparedRun, prepare_run, saved_tokenizer_dir
 from minigpt_ray.tokenizer import save_tokenizer
@@ -118,9 +118,9 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) 
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-        metrics["sample"] = {"prompt": cfg.sample_prompt,
-                             "completion": greedy_sample(model, prepared.tokenizer, cfg.sample_prompt,
-                                                         cfg.sample_tokens)}
+        metrics["sample"] = {"prompt": cfg.sample_prompt, "temperature": 0.8, "top_k": 40, "seed": cfg.train.seed,
+                             "completion": sample_text(model, prepared.tokenizer, cfg.sample_prompt,
+                                                       cfg.sample_tokens, seed=cfg.train.seed)}
         metrics["parameters"] = count_parameters(model)
     atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(output / "run_config.yaml", yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False))
