@@ -54,10 +54,14 @@ def _pack_split(tokenizer, docs: list[Document], block_size: int) -> tuple[np.nd
 
 
 def prepare_data(cfg: DataConfig, tokenizer, documents: list[Document] | None = None) -> PackedData:
-    """Read, split by document, tokenize and pack. Raises ConfigError when a split has less than one block."""
+    """Read (unless `documents` are given), split by document, tokenize and pack."""
     if documents is None:
         documents = load_documents(cfg.sources, cfg.txt_split, cfg.max_chars_per_source)
-    train_docs, val_docs = split_documents(documents, cfg.val_fraction)
+    return pack_splits(cfg, tokenizer, *split_documents(documents, cfg.val_fraction))
+
+
+def pack_splits(cfg: DataConfig, tokenizer, train_docs: list[Document], val_docs: list[Document]) -> PackedData:
+    """Tokenize and pack both splits. Raises ConfigError when a split has less than one block."""
     train, train_tokens = _pack_split(tokenizer, train_docs, cfg.block_size)
     val, val_tokens = _pack_split(tokenizer, val_docs, cfg.block_size)
     sources = ", ".join(cfg.sources)
@@ -68,7 +72,7 @@ def prepare_data(cfg: DataConfig, tokenizer, documents: list[Document] | None = 
         raise ConfigError(f"data.val_fraction: {cfg.val_fraction} of {sources} gives {len(val_docs)} validation "
                           f"documents, {val_tokens} tokens, fewer than one block (data.block_size={cfg.block_size}); "
                           "raise val_fraction or add text")
-    chars = sum(len(d.text) for d in documents)
+    chars = sum(len(d.text) for d in train_docs + val_docs)
     stats = {
         "documents": {"train": len(train_docs), "val": len(val_docs)},
         "characters": chars,

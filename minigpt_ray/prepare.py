@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 
 from minigpt_ray.config import ConfigError, RunConfig
 from minigpt_ray.corpora import load_documents, split_documents
-from minigpt_ray.data import PackedData, prepare_data
+from minigpt_ray.data import PackedData, pack_splits
 from minigpt_ray.deepspeed_config import build_deepspeed_config
 from minigpt_ray.model import check_pretrained, is_preset, model_spec, preset_config, preset_vocab_size
 from minigpt_ray.tokenizer import load_tokenizer, sample_texts, train_bpe
@@ -51,26 +51,32 @@ def _max_positions(config: PretrainedConfig) -> int:
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
     name = cfg.model.name
-    if is_preset(name):
-        vocab_size = preset_vocab_size(name, cfg.model.vocab_size)
-        documents = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
-        train_docs, _ = split_documents(documents, cfg.data.val_fraction)
-        saved = saved_tokenizer_dir(cfg.output)
-        if saved.is_dir():  # a resumed run must keep the token ids its checkpoints were trained with
-            tokenizer = load_tokenizer(str(saved))
-        else:
-            texts = sample_texts([d.text for d in train_docs], cfg.data.tokenizer_train_chars, cfg.train.seed)
-            tokenizer = train_bpe(texts, vocab_size)
+    # The model is checked first: a wrong name fails in a second, before the corpus is read.
+    model_config = None if is_preset(name) else check_pretrained(name)
+    documents = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
+    train_docs, val_docs = split_documents(documents, cfg.data.val_fraction)
+    if model_config is None:
+        tokenizer = _preset_tokenizer(cfg, [d.text for d in train_docs])
         model_config = preset_config(name, len(tokenizer), cfg.data.block_size, tokenizer.eos_token_id)
     else:
-        model_config = check_pretrained(name)
         tokenizer = load_tokenizer(name)
-        documents = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
-        positions = _max_positions(model_config)
-        if positions and cfg.data.block_size > positions:
-            raise ConfigError(f"data.block_size: {cfg.data.block_size} exceeds the {positions} positions of {name}")
-        if len(tokenizer) > model_config.vocab_size:
-            raise ConfigError(f"model.name: tokenizer of {name} has {len(tokenizer)} tokens, more than the model's "
-                              f"vocab_size {model_config.vocab_size}")
-    data = prepare_data(cfg.data, tokenizer, documents)
+        _check_fits(cfg, name, model_config, tokenizer)
+    data = pack_splits(cfg.data, tokenizer, train_docs, val_docs)
     return PreparedRun(cfg=cfg, tokenizer=tokenizer, model_config=model_config, data=data)
+
+
+def _preset_tokenizer(cfg: RunConfig, train_texts: list[str]):
+    vocab_size = preset_vocab_size(cfg.model.name, cfg.model.vocab_size)
+    saved = saved_tokenizer_dir(cfg.output)
+    if saved.is_dir():  # a resumed run must keep the token ids its checkpoints were trained with
+        return load_tokenizer(str(saved))
+    return train_bpe(sample_texts(train_texts, cfg.data.tokenizer_train_chars, cfg.train.seed), vocab_size)
+
+
+def _check_fits(cfg: RunConfig, name: str, model_config: PretrainedConfig, tokenizer) -> None:
+    positions = _max_positions(model_config)
+    if positions and cfg.data.block_size > positions:
+        raise ConfigError(f"data.block_size: {cfg.data.block_size} exceeds the {positions} positions of {name}")
+    if len(tokenizer) > model_config.vocab_size:
+        raise ConfigError(f"model.name: tokenizer of {name} has {len(tokenizer)} tokens, more than the model's "
+                          f"vocab_size {model_config.vocab_size}")

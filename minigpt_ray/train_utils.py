@@ -117,7 +117,10 @@ def cluster_peak_flops(config: dict, device: torch.device, world: int) -> float:
         per_worker = config["train"]["peak_tflops"] * 1e12
     elif device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        per_worker = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 100.0) * 1e12
+        known = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+        if known is None:
+            log(0, f"MFU: peak of {name!r} unknown, assuming 100 TFLOP/s; set train.peak_tflops")
+        per_worker = (known or 100.0) * 1e12
     else:
         dtype = torch.bfloat16 if config["train"]["precision"].startswith("bf16") else torch.float32
         per_worker = measure_matmul_flops(dtype, device)
