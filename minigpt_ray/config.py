@@ -111,7 +111,7 @@ class TrainConfig:
 class RunConfig:
     output: str = "runs/finetune"
     """Output directory: model/ (HF format), metrics.json, checkpoints/ (Ray Train storage). Use shared storage
-    (NFS or s3://...) on a multi-node cluster."""
+    (e.g. NFS) on a multi-node cluster; remote URIs (s3://) are not supported yet."""
     run_name: str = ""
     """Ray Train run name; re-running with the same name and output resumes from its latest checkpoint
     (default: the output directory's name)."""
@@ -262,6 +262,8 @@ def validate(cfg: RunConfig) -> None:
     """Check every value that has a bounded domain; the first bad one raises ConfigError naming it."""
     t, d, m = cfg.train, cfg.data, cfg.model
     _require(bool(cfg.output.strip()), "output", "must be a directory path", cfg.output)
+    _require("://" not in cfg.output, "output", "must be a filesystem path (remote URIs are not supported yet)",
+             cfg.output)
     _require(m.vocab_size == 0 or m.vocab_size >= 300, "model.vocab_size", "must be 0 or >= 300 (256 bytes + merges)",
              m.vocab_size)
     _require(len(d.sources) > 0, "data.sources", "needs at least one corpus or path", d.sources)

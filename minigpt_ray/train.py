@@ -57,7 +57,7 @@ def check_resources(train, use_gpu: bool) -> None:
 
 
 def storage_path(output: str) -> str:
-    return output.rstrip("/") + "/checkpoints" if "://" in output else str(Path(output).resolve() / "checkpoints")
+    return str(Path(output).resolve() / "checkpoints")  # Ray Train storage must be absolute
 
 
 def build_trainer(prepared: PreparedRun, use_gpu: bool, crash_once: dict | None = None) -> TorchTrainer:
@@ -94,7 +94,7 @@ def run_training(cfg: JobConfig, crash_once: dict | None = None) -> dict:
     connect_ray(cfg.ray_address)
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
     check_resources(cfg.train, use_gpu)
-    if "://" not in cfg.output and not saved_tokenizer_dir(cfg.output).is_dir():
+    if not saved_tokenizer_dir(cfg.output).is_dir():
         with atomic_directory(saved_tokenizer_dir(cfg.output)) as staging:
             save_tokenizer(prepared.tokenizer, staging)
     if crash_once is not None:

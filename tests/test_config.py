@@ -19,6 +19,7 @@ def test_defaults_validate():
     (["--warmup-steps", "300", "--max-steps", "200"], "train.warmup_steps"),
     (["--precision", "fp16", "--use-gpu", "false"], "train.precision"),
     (["--txt-split", "sentence"], "data.txt_split"),
+    (["--output", "s3://bucket/run"], "output"),
 ])
 def test_invalid_values_name_the_field(argv, field):
     with pytest.raises(ConfigError) as err:
