@@ -41,6 +41,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = build_model(config["model"], attention_for(device.type))
     n_params = count_parameters(model)
+    wu.log(rank, f"{world} worker(s), device {device}, backend {dist.get_backend()}, "
+                 f"{config['train']['precision']}, ZeRO-{config['deepspeed']['zero_optimization']['stage']}, {n_params:,} params")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=config["deepspeed"])
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "history": [], "resumed_from": []}
