@@ -15,7 +15,7 @@ import inspect
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
@@ -126,6 +126,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    ALIASES: ClassVar[dict[str, str]] = {"name": "model", "sources": "data"}  # short flags users type most
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -135,8 +137,6 @@ class RunConfig:
 
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-ALIASES = {"name": "model", "sources": "data"}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -150,19 +150,26 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _flag(field_name: str) -> str:
-    return "--" + ALIASES.get(field_name, field_name).replace("_", "-")
+def _sections(root: type) -> dict[str, type]:
+    """Fields of `root` that are dataclasses themselves: the YAML sections."""
+    hints = get_type_hints(root)
+    return {f.name: hints[f.name] for f in dataclasses.fields(root) if dataclasses.is_dataclass(hints[f.name])}
 
 
-def _iter_fields():
+def _flag(field_name: str, aliases: dict[str, str]) -> str:
+    return "--" + aliases.get(field_name, field_name).replace("_", "-")
+
+
+def _iter_fields(root: type):
     """Yield (section or None, dataclass field, type) for every leaf setting."""
-    for f in dataclasses.fields(RunConfig):
-        if f.name in SECTIONS:
-            hints = get_type_hints(SECTIONS[f.name])
-            for sub in dataclasses.fields(SECTIONS[f.name]):
+    sections = _sections(root)
+    for f in dataclasses.fields(root):
+        if f.name in sections:
+            hints = get_type_hints(sections[f.name])
+            for sub in dataclasses.fields(sections[f.name]):
                 yield f.name, sub, hints[sub.name]
         else:
-            yield None, f, get_type_hints(RunConfig)[f.name]
+            yield None, f, get_type_hints(root)[f.name]
 
 
 def _parse_bool(text: str) -> bool:
@@ -177,17 +184,32 @@ def _parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def _list_parser(item: type):
+    def parse(text: str) -> list:
+        try:
+            return [item(part) for part in _parse_list(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values, got {text!r}") from None
+    return parse
+
+
+SCALAR_PARSERS = {bool: _parse_bool, int: int, float: float, str: str, list[str]: _parse_list,
+                  list[int]: _list_parser(int), list[float]: _list_parser(float)}
+METAVARS = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}
+
+
+def build_parser(description: str, root: type | None = None) -> argparse.ArgumentParser:
+    root = root or RunConfig
+    aliases = getattr(root, "ALIASES", {})
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with any of the settings below (CLI flags override it)")
-    docs = {None: field_docs(RunConfig), **{name: field_docs(cls) for name, cls in SECTIONS.items()}}
-    defaults = RunConfig()
-    for section, f, typ in _iter_fields():
+    docs = {None: field_docs(root), **{name: field_docs(cls) for name, cls in _sections(root).items()}}
+    defaults = root()
+    for section, f, typ in _iter_fields(root):
         default = getattr(getattr(defaults, section) if section else defaults, f.name)
-        parse = {bool: _parse_bool, int: int, float: float, str: str}.get(typ, _parse_list)
         key = f"{section}.{f.name}" if section else f.name
-        metavar = {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(typ, "A,B,...")
-        parser.add_argument(_flag(f.name), dest=key, type=parse, default=None, metavar=metavar,
+        parser.add_argument(_flag(f.name, aliases), dest=key, type=SCALAR_PARSERS[typ], default=None,
+                            metavar=METAVARS.get(typ, "A,B,..."),
                             help=f"{docs[section].get(f.name, '')} [{key}, default: {default!r}]".replace("%", "%%"))
     return parser
 
@@ -205,11 +227,12 @@ def load_yaml(path: str) -> dict[str, Any]:
     return loaded
 
 
-def from_dict(values: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from nested settings; unknown keys are an error naming the key."""
-    cfg = RunConfig()
+def from_dict(values: dict[str, Any], root: type | None = None):
+    """Build a config (RunConfig by default) from nested settings; unknown keys are an error naming the key."""
+    cfg = (root or RunConfig)()
+    sections = _sections(type(cfg))
     for key, value in values.items():
-        if key in SECTIONS:
+        if key in sections:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
             section = getattr(cfg, key)
@@ -222,26 +245,29 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
 
 def _set(target: Any, full_key: str, name: str, value: Any) -> None:
     hints = get_type_hints(type(target))
-    if name not in hints or name in SECTIONS:
+    if name not in hints or dataclasses.is_dataclass(hints[name]):
         raise ConfigError(f"{full_key}: unknown setting")
     typ = hints[name]
+    item = typ.__args__[0] if getattr(typ, "__origin__", None) is list else None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if typ == list[str] and isinstance(value, str):
-        value = _parse_list(value)
-    ok = isinstance(value, list) if typ == list[str] else isinstance(value, typ)
-    if typ is int and isinstance(value, bool):
-        ok = False
+    if item is not None and not isinstance(value, list):
+        value = [value] if not isinstance(value, str) else _parse_list(value)
+    if item is not None:
+        value = [float(v) if item is float and isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        ok = all(isinstance(v, item) and not (item is not bool and isinstance(v, bool)) for v in value)
+    else:
+        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
         raise ConfigError(f"{full_key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
     setattr(target, name, value)
 
 
-def parse_args(argv: list[str] | None, description: str) -> RunConfig:
-    """CLI → (YAML defaults, then flags) → validated RunConfig. Raises ConfigError on any bad setting."""
-    args = build_parser(description).parse_args(argv)
+def parse_args(argv: list[str] | None, description: str, root: type | None = None):
+    """CLI → (YAML defaults, then flags) → validated config. Raises ConfigError on any bad setting."""
+    args = build_parser(description, root).parse_args(argv)
     values = load_yaml(args.config) if args.config else {}
-    cfg = from_dict(values)
+    cfg = from_dict(values, root)
     for key, value in vars(args).items():
         if key == "config" or value is None:
             continue

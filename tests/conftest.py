@@ -59,3 +59,39 @@ def tiny_run_config(output: Path, **train_overrides):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, shakespeare_text):
+    """A tiny Llama-style GPT trained briefly (plain PyTorch, ~10 s) on a Shakespeare slice, saved as an HF dir.
+
+    Widths divisible by 32 so int4 groups and N:M patterns apply. Returns {"dir", "eval", "calib", "train",
+    "prompt"}: the data dict the compression code takes."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from minigpt_ray.corpora import Document, split_documents
+    from minigpt_ray.data import pack_blocks, tokenize_texts
+    from minigpt_ray.tokenizer import save_tokenizer, train_bpe
+
+    docs = [Document(text=t, source="shakespeare") for t in shakespeare_text.split("\n\n") if t.strip()]
+    train_docs, val_docs = split_documents(docs, 0.1)
+    tokenizer = train_bpe([d.text for d in train_docs], 512)
+    train = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in train_docs]), 64)).long()
+    val = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in val_docs]), 64)).long()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        batch = train[torch.randint(len(train), (16,), generator=generator)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    directory = tmp_path_factory.mktemp("tiny_trained") / "model"
+    model.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
+    return {"dir": str(directory), "eval": val[:24], "calib": train[:8], "train": train, "prompt": val[:1, :8]}

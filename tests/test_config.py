@@ -1,6 +1,7 @@
+import dataclasses
 import pytest
 
-from minigpt_ray.config import ConfigError, RunConfig, build_parser, field_docs, from_dict, parse_args, SECTIONS
+from minigpt_ray.config import ConfigError, RunConfig, build_parser, field_docs, from_dict, parse_args, _sections
 
 
 def test_defaults_validate():
@@ -53,10 +54,11 @@ def test_yaml_unknown_key_and_wrong_type(tmp_path):
 
 def test_every_field_has_a_docstring_and_a_flag():
     help_text = build_parser("t").format_help()
-    for cls in [RunConfig, *SECTIONS.values()]:
+    sections = _sections(RunConfig)
+    for cls in [RunConfig, *sections.values()]:
         docs = field_docs(cls)
-        for name in cls.__dataclass_fields__:
-            if name in SECTIONS:
+        for name in (f.name for f in dataclasses.fields(cls)):
+            if name in sections:
                 continue
             assert docs.get(name), f"{cls.__name__}.{name} has no docstring"
     for flag in ["--model", "--data", "--output", "--num-workers", "--zero-stage", "--precision", "--max-steps",
