@@ -18,6 +18,10 @@ def ray_cluster():
     free for a user's own cluster and for the `ray start` test, which uses its own ports)."""
     import ray
 
+    # Serve's autoscaling metrics are pushed every 10 s by default; 1 s keeps the autoscaling test short.
+    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+        os.environ.setdefault(name, "1")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
@@ -61,12 +65,10 @@ def tiny_run_config(output: Path, **train_overrides):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def tiny_trained(tmp_path_factory, shakespeare_text):
-    """A tiny Llama-style GPT trained briefly (plain PyTorch, ~10 s) on a Shakespeare slice, saved as an HF dir.
-
-    Widths divisible by 32 so int4 groups and N:M patterns apply. Returns {"dir", "eval", "calib", "train",
-    "prompt"}: the data dict the compression code takes."""
+def train_tiny_model(texts: list[str], directory: Path, vocab_size: int = 512, steps: int = 150) -> dict:
+    """A tiny Llama-style GPT trained briefly (plain PyTorch, ~10 s) on `texts`, saved as an HF dir with its
+    tokenizer. Widths divisible by 32 so int4 groups and N:M patterns apply. Returns {"dir", "eval", "calib",
+    "train", "prompt"}: the data dict the compression code takes."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -74,9 +76,9 @@ def tiny_trained(tmp_path_factory, shakespeare_text):
     from minigpt_ray.data import pack_blocks, tokenize_texts
     from minigpt_ray.tokenizer import save_tokenizer, train_bpe
 
-    docs = [Document(text=t, source="shakespeare") for t in shakespeare_text.split("\n\n") if t.strip()]
+    docs = [Document(text=t, source="test") for t in texts if t.strip()]
     train_docs, val_docs = split_documents(docs, 0.1)
-    tokenizer = train_bpe([d.text for d in train_docs], 512)
+    tokenizer = train_bpe([d.text for d in train_docs], vocab_size)
     train = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in train_docs]), 64)).long()
     val = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in val_docs]), 64)).long()
     torch.manual_seed(0)
@@ -86,12 +88,24 @@ def tiny_trained(tmp_path_factory, shakespeare_text):
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(steps):
         batch = train[torch.randint(len(train), (16,), generator=generator)]
         model(input_ids=batch, labels=batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    directory = tmp_path_factory.mktemp("tiny_trained") / "model"
     model.save_pretrained(directory)
     save_tokenizer(tokenizer, directory)
     return {"dir": str(directory), "eval": val[:24], "calib": train[:8], "train": train, "prompt": val[:1, :8]}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, shakespeare_text):
+    """train_tiny_model on a Shakespeare slice (English)."""
+    return train_tiny_model(shakespeare_text.split("\n\n"), tmp_path_factory.mktemp("tiny_trained") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_zh_model(tmp_path_factory, zh_text):
+    """train_tiny_model on People's Daily with a 300-token vocabulary: most Chinese characters span 2-3 byte
+    tokens, so streaming must hold incomplete characters back."""
+    return train_tiny_model(zh_text.split("\n"), tmp_path_factory.mktemp("tiny_zh") / "model", vocab_size=300)

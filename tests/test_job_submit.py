@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -54,7 +55,7 @@ def head_node(tmp_path):
     log.close()
 
 
-def test_job_submit_runs_finetune_with_token_auth(head_node, tmp_path):
+def test_job_submit_runs_finetune_sweep_and_serve_with_token_auth(head_node, tmp_path):
     address, env = head_node
     # Token auth is on: a client with a wrong token, or none, is turned away.
     for bad_env in (dict(env, RAY_AUTH_TOKEN="not-the-cluster-token"), dict(env, RAY_AUTH_MODE="disabled")):
@@ -73,3 +74,29 @@ def test_job_submit_runs_finetune_with_token_auth(head_node, tmp_path):
     assert "succeeded" in logs and "step 10/10" in logs and "val loss" in logs
     assert (output / "model" / "model.safetensors").is_file()
     assert (output / "metrics.json").is_file()
+
+    # The compression sweep is submitted the same way, on the model the job just wrote: Tune trials on the cluster.
+    sweep_output = tmp_path / "sweep-out"
+    swept = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                  "python", "jobs/sweep.py", "--model", str(output / "model"), "--data", "shakespeare",
+                  "--max-chars-per-source", "60000", "--block-size", "64", "--eval-blocks", "8", "--algorithm", "grid",
+                  "--methods", "none,magnitude", "--sparsities", "0.5", "--patterns", "unstructured",
+                  "--quants", "none,int8-weight", "--decode-tokens", "4", "--output", str(sweep_output)],
+                 env, timeout=900)
+    logs = swept.stdout + swept.stderr
+    assert swept.returncode == 0, logs[-4000:]
+    assert "succeeded" in logs and "3 trials" in logs and "winner:" in logs
+    assert (sweep_output / "winner" / "manifest.json").is_file() and (sweep_output / "pareto.csv").is_file()
+
+    # And the winner is served by a submitted job that deploys and exits, leaving the app running on the cluster.
+    port = _free_port()
+    served = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                   "python", "jobs/serve.py", "--model", str(sweep_output / "winner"), "--port", str(port),
+                   "--cpus-per-replica", "0.5", "--max-replicas", "1"], env, timeout=600)
+    logs = served.stdout + served.stderr
+    assert served.returncode == 0 and "succeeded" in logs and "deployed on the cluster" in logs, logs[-4000:]
+    reply = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 8},
+                          timeout=120)
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+    status = _ray(["serve", "status", "--address", address], env)
+    assert status.returncode == 0 and "minigpt" in status.stdout and "RUNNING" in status.stdout, status.stdout

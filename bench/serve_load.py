@@ -1,0 +1,136 @@
+"""Serving benchmark: closed-loop load on a real Serve endpoint, with and without batching, plus Serve's overhead
+over in-process decoding of the same requests, measured in the same run.
+
+  .venv/bin/python bench/serve_load.py [--model runs/sweep/winner] [--max-tokens 32] [--requests-per-client 4]
+
+For concurrency 1, 8 and 32 and for max_batch_size 8 vs 1 (one replica, 1 CPU): p50/p99 latency, requests/s,
+tokens/s, errors, and the replica's peak RSS. Overhead = p50 HTTP latency at concurrency 1 minus p50 of the same
+greedy request decoded in this process with the same code (BatchGenerator, 1 thread). Targets: batching >= 2x
+requests/s at concurrency 8; p50 overhead <= 15 ms; zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from minigpt_ray.generation import BatchGenerator, GenerationRequest  # noqa: E402
+from minigpt_ray.serve import deploy, load_serving_model  # noqa: E402
+from minigpt_ray.serve_config import ServeConfig  # noqa: E402
+
+PROMPTS = ["今天天气", "这本书", "我们很喜欢这个酒店", "服务", "价格", "The", "质量不错", "房间"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    latencies, tokens, errors, batches = [], 0, 0, []
+
+    def client(k: int):
+        out = []
+        for j in range(per_client):
+            prompt = PROMPTS[(k + j) % len(PROMPTS)]
+            start = time.perf_counter()
+            reply = requests.post(f"{url}/v1/completions", timeout=300,
+                                  json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+            out.append((time.perf_counter() - start, reply))
+        return out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = [item for chunk in pool.map(client, range(concurrency)) for item in chunk]
+    wall = time.perf_counter() - start
+    for latency, reply in results:
+        if reply.status_code == 200:
+            latencies.append(latency)
+            tokens += reply.json()["usage"]["completion_tokens"]
+            batches.append(int(reply.headers["x-minigpt-batch-size"]))
+        else:
+            errors += 1
+    return {"p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
+            "rps": len(latencies) / wall, "tokens_per_s": tokens / wall, "errors": errors,
+            "mean_batch": statistics.mean(batches) if batches else 0.0}
+
+
+def overhead(url: str, model_dir: str, max_tokens: int, rounds: int = 12) -> dict:
+    """p50 of the same greedy request decoded in this process (same code, 1 thread) and over HTTP, alternating
+    one of each so both see the same machine speed; plus the server-side time the replica reports."""
+    torch.set_num_threads(1)
+    model, tokenizer = load_serving_model(model_dir)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    local, http, server = [], [], []
+    for i in range(rounds + 2):
+        start = time.perf_counter()
+        generator = BatchGenerator(model, [GenerationRequest(ids, max_tokens, temperature=0)], pad,
+                                   tokenizer.eos_token_id)
+        while generator.active:
+            generator.step()
+        elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        reply = requests.post(f"{url}/v1/completions", timeout=300,
+                              json={"prompt": PROMPTS[0], "max_tokens": max_tokens, "temperature": 0})
+        if i >= 2:  # the first rounds warm both paths up
+            local.append(1000 * elapsed)
+            http.append(1000 * (time.perf_counter() - start))
+            server.append(float(reply.headers["x-minigpt-server-ms"]))
+    return {"local": statistics.median(local), "http": statistics.median(http), "server": statistics.median(server)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/sweep/winner")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--batch-wait", type=float, default=0.05, help="batching.batch_wait_timeout_s when batching")
+    args = parser.parse_args()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    print(f"model {args.model}, {args.max_tokens} greedy tokens per request, 1 replica x 1 CPU, batch wait "
+          f"{args.batch_wait * 1000:.0f} ms\n")
+    print("| batching | concurrency | p50 ms | p99 ms | requests/s | tokens/s | mean batch | errors | replica peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rps, url = {}, ""
+    for batch in (8, 1):
+        cfg = ServeConfig(model=args.model, port=port, app_name="bench")
+        cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
+        cfg.batching.max_batch_size = batch
+        cfg.batching.batch_wait_timeout_s = args.batch_wait if batch > 1 else 0.0
+        url = deploy(cfg.validate())
+        run_level(url, 2, 2, args.max_tokens)  # warm-up
+        for concurrency in (1, 8, 32):
+            r = run_level(url, concurrency, args.requests_per_client, args.max_tokens)
+            rss = requests.get(f"{url}/health", timeout=30).json()["peak_rss_mb"]
+            rps[(batch, concurrency)] = r
+            print(f"| {'max ' + str(batch) if batch > 1 else 'off'} | {concurrency} | {r['p50_ms']:.0f} | "
+                  f"{r['p99_ms']:.0f} | {r['rps']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_batch']:.1f} | {r['errors']} | "
+                  f"{rss:.0f} |",
+                  flush=True)
+    o = overhead(url, args.model, args.max_tokens)
+    http, inproc = o["http"], o["local"]
+    gain = rps[(8, 8)]["rps"] / rps[(1, 8)]["rps"]
+    errors = sum(r["errors"] for r in rps.values())
+    print(f"\nconcurrency 1, alternating: in-process decode p50 {inproc:.1f} ms, replica-side p50 {o['server']:.1f} ms, "
+          f"HTTP p50 {http:.1f} ms → Serve overhead {http - inproc:.1f} ms ({o['server'] - inproc:.1f} in the replica, "
+          f"{http - o['server']:.1f} proxy + HTTP)")
+    print(f"target {'met' if gain >= 2 else 'MISSED'}: batching {gain:.2f}x requests/s at concurrency 8 (>= 2x)")
+    print(f"target {'met' if http - inproc <= 15 else 'MISSED'}: p50 overhead {http - inproc:.1f} ms (<= 15 ms)")
+    print(f"target {'met' if errors == 0 else 'MISSED'}: {errors} errors")
+
+
+if __name__ == "__main__":
+    main()

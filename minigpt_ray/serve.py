@@ -1,0 +1,208 @@
+"""Ray Serve app: an autoscaling, OpenAI-compatible completion endpoint for a model directory.
+
+Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Concurrent requests on a replica
+are decoded together by `serve.batch` (a batched async generator: one list of per-request chunks per step).
+Validation lives in `openai_api`, decoding in `generation`; this module only wires them to Serve and FastAPI.
+"""
+
+
+import asyncio
+import dataclasses
+import json
+import time
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve import metrics
+
+from minigpt_ray.config import from_dict
+from minigpt_ray.generation import BatchGenerator, GenerationRequest, TextStream
+from minigpt_ray.openai_api import (STREAM_DONE, ApiError, Limits, completion_body, completion_id, decode_body,
+                                    parse_completion, stream_event)
+from minigpt_ray.serve_config import ServeConfig
+
+api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
+
+
+def load_serving_model(directory: str):
+    """(model, tokenizer) for a sweep candidate (any format) or a plain HF model directory."""
+    from pathlib import Path
+
+    from minigpt_ray.compress.artifact import MANIFEST, load_candidate
+
+    if (Path(directory) / MANIFEST).is_file():
+        model, tokenizer, _ = load_candidate(directory)
+        return model, tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from minigpt_ray.tokenizer import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(directory)
+
+
+@serve.deployment(name="CompletionServer")
+@serve.ingress(api)
+class CompletionServer:
+    def __init__(self, settings: dict):
+        torch.set_num_threads(settings["threads"])
+        self.model, self.tokenizer = load_serving_model(settings["model"])
+        self.device = "cuda" if settings["gpus"] > 0 and torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.name, self.timeout = settings["model_name"], settings["request_timeout_s"]
+        self.limits = Limits(**settings["limits"])
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_id or 0)
+        self.generate_batch.set_max_batch_size(settings["max_batch_size"])
+        self.generate_batch.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        self.requests = metrics.Counter("minigpt_requests", "Completion requests by HTTP status",
+                                        tag_keys=("status",))
+        self.tokens = metrics.Counter("minigpt_generated_tokens", "Tokens generated")
+        self.errors = metrics.Counter("minigpt_request_errors", "Requests answered with an error", tag_keys=("status",))
+        self.ttft = metrics.Histogram("minigpt_time_to_first_token_s", "Seconds from request to first token",
+                                      boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10])
+        self.batch_sizes = metrics.Histogram("minigpt_batch_size", "Requests per decoded batch",
+                                             boundaries=[1, 2, 4, 8, 16, 32])
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        import resource
+
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"status": "ok", "model": self.name, "peak_rss_mb": round(peak_rss_mb, 1)}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
+                                            "owned_by": "minigpt_ray"}]}
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        started = time.perf_counter()
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > self.limits.max_body_bytes:
+                raise ApiError(413, f"body: {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
+                               None, "body_too_large")
+            body = decode_body(await request.body(), self.limits)
+            gen_request, stream, prompt_tokens = parse_completion(body, self.tokenizer, self.limits, self.name)
+        except ApiError as err:
+            return self._error(err)
+        cid = completion_id()
+        if stream:
+            self.requests.inc(tags={"status": "200"})
+            return StreamingResponse(self._sse(gen_request, cid, started), media_type="text/event-stream")
+        try:
+            text, reason, count, batch = await asyncio.wait_for(self._collect(gen_request, started), self.timeout)
+        except asyncio.TimeoutError:
+            return self._error(ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout"))
+        self.requests.inc(tags={"status": "200"})
+        # How many requests this one was decoded with: lets operators (and tests) see batching happen.
+        return JSONResponse(completion_body(cid, self.name, text, reason, prompt_tokens, count),
+                            headers={"x-minigpt-batch-size": str(batch),
+                                     "x-minigpt-server-ms": f"{1000 * (time.perf_counter() - started):.1f}"})
+
+    def _error(self, err: ApiError) -> JSONResponse:
+        self.requests.inc(tags={"status": str(err.status)})
+        self.errors.inc(tags={"status": str(err.status)})
+        return JSONResponse(err.body(), status_code=err.status)
+
+    async def _chunks(self, gen_request: GenerationRequest, started: float):
+        first = True
+        async for chunk in self.generate_batch(gen_request):
+            if first:
+                self.ttft.observe(time.perf_counter() - started)
+                first = False
+            yield chunk
+
+    async def _collect(self, gen_request: GenerationRequest, started: float) -> tuple[str, str, int, int]:
+        pieces, reason, count, batch = [], "length", 0, 1
+        async for piece, finish_reason, count, batch in self._chunks(gen_request, started):
+            pieces.append(piece)
+            reason = finish_reason or reason
+        return "".join(pieces), reason, count, batch
+
+    async def _sse(self, gen_request: GenerationRequest, cid: str, started: float):
+        deadline = started + self.timeout
+        async for piece, finish_reason, _, _ in self._chunks(gen_request, started):
+            if piece or finish_reason:
+                yield stream_event(cid, self.name, piece, finish_reason)
+            if time.perf_counter() > deadline and not finish_reason:
+                error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
+                self.errors.inc(tags={"status": "504"})
+                yield f"data: {json.dumps(error.body())}\n\n"
+                break
+        yield STREAM_DONE
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # replaced from the config in __init__
+    async def generate_batch(self, requests: list[GenerationRequest]):
+        """Decode a batch; each step yields one (text piece, finish reason or None, tokens so far, batch size) per
+        request, or StopIteration once that request has finished."""
+        self.batch_sizes.observe(len(requests))
+        # Decoding runs on the replica's user-code event loop, one step at a time with a yield in between: new
+        # requests are still accepted between steps, and no second Python thread competes for the GIL (moving
+        # steps to a worker thread doubled per-token latency in bench/serve_load.py).
+        generator = BatchGenerator(self.model, requests, self.pad_id, self.eos_id)
+        streams = [TextStream(self.tokenizer, r.stop) for r in requests]
+        finished = [False] * len(requests)
+        while not all(finished):
+            await asyncio.sleep(0)
+            tokens = generator.step()
+            produced = sum(t is not None for t in tokens)
+            if produced:
+                self.tokens.inc(produced)
+            out = []
+            for i, token in enumerate(tokens):
+                if finished[i]:
+                    out.append(StopIteration)
+                    continue
+                piece = streams[i].push(token) if token is not None else ""
+                if streams[i].stopped:
+                    generator.finish(i)
+                    reason = "stop"
+                elif generator.done[i]:
+                    piece += streams[i].close()
+                    reason = "length" if generator.generated[i] >= requests[i].max_tokens and token is not None \
+                        else "stop"
+                else:
+                    reason = None
+                finished[i] = reason is not None
+                out.append((piece, reason, len(streams[i].ids), len(requests)))
+            yield out
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application for a validated config."""
+    s = cfg.scaling
+    settings = {"model": cfg.model, "model_name": cfg.model_name, "threads": max(1, int(s.cpus_per_replica)),
+                "gpus": s.gpus_per_replica, "request_timeout_s": cfg.limits.request_timeout_s,
+                "limits": dataclasses.asdict(cfg.limits),
+                "max_batch_size": cfg.batching.max_batch_size,
+                "batch_wait_timeout_s": cfg.batching.batch_wait_timeout_s}
+    deployment = CompletionServer.options(
+        autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
+                            "initial_replicas": max(1, s.min_replicas),
+                            "target_ongoing_requests": s.target_ongoing_requests,
+                            "upscale_delay_s": s.upscale_delay_s, "downscale_delay_s": s.downscale_delay_s,
+                            "look_back_period_s": s.metrics_window_s},
+        max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica})
+    return deployment.bind(settings)
+
+
+def app_builder(args: dict):
+    """Entry point for `serve run minigpt_ray.serve:app_builder model=...` and Serve config files (args = the
+    ServeConfig settings, nested sections as mappings)."""
+    return build_app(from_dict(dict(args), ServeConfig).validate())
+
+
+def deploy(cfg: ServeConfig) -> str:
+    """Start Serve's HTTP proxy on cfg.host:cfg.port (if Serve is not already up) and (re)deploy the app. Returns
+    the base URL once the app is running."""
+    from minigpt_ray.train import connect_ray
+
+    connect_ray(cfg.ray_address)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
