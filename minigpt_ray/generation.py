@@ -52,23 +52,24 @@ class BatchGenerator:
         self.generated = [0] * len(requests)
         seeds = [r.seed if r.seed is not None else int.from_bytes(os.urandom(4), "little") for r in requests]
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.device = next(model.parameters()).device
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
         for i, r in enumerate(requests):
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
-        self.mask = mask
-        self.positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.mask = mask.to(self.device)
+        self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
         self.cache = DynamicCache()
-        self.next_logits = self._forward(ids, self.positions)
+        self.next_logits = self._forward(ids.to(self.device), self.positions)
 
     @torch.no_grad()
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, cache=self.cache,
                          use_cache=True, logits_to_keep=1)
         self.cache = out.cache
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float().cpu()  # token choice on CPU: per-row CPU generators, tiny vocab
 
     def _choose(self, i: int) -> int:
         request, logits = self.requests[i], self.next_logits[i]
@@ -102,8 +103,10 @@ class BatchGenerator:
             if self.generated[i] >= request.max_tokens:
                 self.done[i] = True
         if self.active:
-            feed = torch.tensor([[t if t is not None else self.pad_id] for t in chosen], dtype=torch.long)
-            self.mask = torch.cat([self.mask, torch.ones((len(chosen), 1), dtype=torch.long)], dim=1)
+            feed = torch.tensor([[t if t is not None else self.pad_id] for t in chosen], dtype=torch.long,
+                                device=self.device)
+            self.mask = torch.cat([self.mask, torch.ones((len(chosen), 1), dtype=torch.long, device=self.device)],
+                                  dim=1)
             self.positions = self.positions[:, -1:] + 1
             self.next_logits = self._forward(feed, self.positions)
         return chosen

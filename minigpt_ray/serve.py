@@ -70,7 +70,7 @@ class CompletionServer:
         import resource
 
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        return {"status": "ok", "model": self.name, "peak_rss_mb": round(peak_rss_mb, 1)}
+        return {"status": "ok", "model": self.name, "device": str(self.device), "peak_rss_mb": round(peak_rss_mb, 1)}
 
     @api.get("/v1/models")
     async def models(self) -> dict:
