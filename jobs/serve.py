@@ -9,19 +9,16 @@ Then: curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/js
 """
 
 import os
-import signal
 import sys
-import threading
 
 from minigpt_ray.config import ConfigError, parse_args
 from minigpt_ray.serve_config import ServeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop = threading.Event()
     try:
         cfg = parse_args(argv, __doc__, ServeConfig)
-        from minigpt_ray.serve import deploy  # imported late so --help and config errors stay instant
+        from minigpt_ray.serve import deploy, serve_until_interrupted  # late: --help and config errors stay instant
 
         url = deploy(cfg)
     except ConfigError as err:
@@ -34,16 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.ray_address or os.environ.get("RAY_ADDRESS"):
         print("[minigpt_ray] deployed on the cluster; `serve status` shows it, `serve shutdown -y` removes it")
         return 0
-    # Embedded Ray: the app lives as long as this process. Ray leaves SIGINT at its default (die at once), so
-    # Ctrl-C and SIGTERM are caught here to shut Serve down cleanly.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
-    from ray import serve
-
-    print("[minigpt_ray] shutting down", flush=True)
-    serve.shutdown()
+    serve_until_interrupted()  # embedded Ray: the app lives as long as this process
     return 0
 
 

@@ -206,3 +206,18 @@ def deploy(cfg: ServeConfig) -> str:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C or SIGTERM, then shut Serve down (for an embedded Ray, whose apps die with the process).
+    Ray leaves SIGINT at its default (die at once), so both signals are caught here."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    print("[minigpt_ray] shutting down", flush=True)
+    serve.shutdown()

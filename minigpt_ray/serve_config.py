@@ -79,10 +79,20 @@ class ServeConfig:
 
     def validate(self) -> "ServeConfig":
         validate_serve(self)
+        check_model_dir(self.model)
         return self
 
 
+def check_model_dir(model: str) -> None:
+    directory = Path(model)
+    if not directory.is_dir():
+        raise ConfigError(f"model: directory {model} does not exist")
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"model: {model} has no config.json (not a model directory)")
+
+
 def validate_serve(cfg: ServeConfig) -> None:
+    """Every setting but the model directory (which a pipeline creates in an earlier stage)."""
     s, b, lim = cfg.scaling, cfg.batching, cfg.limits
     _require(bool(cfg.model.strip()), "model", "must name a model directory", cfg.model)
     _require(bool(cfg.model_name.strip()), "model_name", "must not be empty", cfg.model_name)
@@ -109,8 +119,3 @@ def validate_serve(cfg: ServeConfig) -> None:
              "must be in [1, max_new_tokens]", lim.default_max_tokens)
     _require(lim.max_body_bytes >= 1024, "limits.max_body_bytes", "must be >= 1024", lim.max_body_bytes)
     _require(lim.request_timeout_s > 0, "limits.request_timeout_s", "must be > 0", lim.request_timeout_s)
-    directory = Path(cfg.model)
-    if not directory.is_dir():
-        raise ConfigError(f"model: directory {cfg.model} does not exist")
-    if not (directory / "config.json").is_file():
-        raise ConfigError(f"model: {cfg.model} has no config.json (not a model directory)")

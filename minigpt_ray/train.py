@@ -143,5 +143,5 @@ def summarize(prepared: PreparedRun, state: dict, use_gpu: bool, wall_seconds: f
         "steady_tokens_per_s": state.get("steady_tokens_per_s"),
         "num_workers": train.num_workers, "use_gpu": use_gpu, "zero_stage": train.zero_stage,
         "precision": train.precision, "model": prepared.cfg.model.name, "data": prepared.data.stats,
-        "history": history,
+        "history": history, "train_curve": state.get("train_curve", []),
     }

@@ -116,6 +116,7 @@ def _log_progress(ctx: dict, window: dict, tokens_per_step: int) -> None:
     mfu = ctx["flops_tok"] * tokens_per_s / ctx["peak_flops"]
     eta = (train_cfg["max_steps"] - state["step"]) * elapsed / max(1, window["steps"])
     state["last_train_loss"] = mean_loss
+    state.setdefault("train_curve", []).append([state["step"], mean_loss])  # [step, mean loss since last log]
     wu.log(ctx["rank"], f"step {state['step']}/{train_cfg['max_steps']} loss {mean_loss:.4f} "
                         f"lr {engine.get_lr()[0]:.2e} tokens/s {tokens_per_s:,.0f} MFU {mfu:.1%} "
                         f"elapsed {wu.fmt_seconds(state['train_seconds'])} ETA {wu.fmt_seconds(eta)}")

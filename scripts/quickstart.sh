@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Fresh machine → installed → a mini GPT pretrained on Chinese + English, fine-tuned on Chinese reviews, sampled.
-# Both stages are `jobs/finetune.py` on an embedded local Ray (2 CPU workers, DeepSpeed ZeRO-2, bf16).
+# Fresh machine → installed → the whole pipeline on an embedded local Ray: pretrain a mini GPT on Chinese + English,
+# fine-tune it on Chinese reviews, search pruning/quantization for the best size-vs-perplexity model, serve the
+# winner (OpenAI-compatible, http://127.0.0.1:8000) and write runs/pipeline/report/report.md. Serves until Ctrl-C
+# (pass --no-block to return after the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-start=$(date +%s)
-.venv/bin/python jobs/finetune.py --config configs/pretrain.yaml "$@"
-.venv/bin/python jobs/finetune.py --config configs/finetune.yaml "$@"
-echo "[quickstart] pretrain + fine-tune took $(( $(date +%s) - start )) s; outputs in runs/pretrain and runs/finetune"
+.venv/bin/python jobs/pipeline.py --config configs/pipeline.yaml "$@"
