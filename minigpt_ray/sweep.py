@@ -23,8 +23,8 @@ from minigpt_ray.corpora import load_documents, split_documents
 from minigpt_ray.data import pack_blocks, tokenize_texts
 from minigpt_ray.model import check_pretrained
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
-from minigpt_ray.pareto import (NoWinnerError, add_ratios, choose_winner, constraint_text, pareto_front,
-                                write_reports)
+from minigpt_ray.pareto import (OBJECTIVE_MODES, NoWinnerError, add_ratios, choose_winner, constraint_text,
+                                pareto_front, write_reports)
 from minigpt_ray.sweep_config import SweepConfig, search_choices
 from minigpt_ray.tokenizer import load_tokenizer
 
@@ -121,11 +121,10 @@ def _search_setup(cfg: SweepConfig, specs: list[CandidateSpec]):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    space = {key: tune.choice(values) for key, values in search_choices(s).items()}
-    space["group_size"] = tune.choice(s.group_sizes or [0])
-    modes = {"perplexity": "min", "size_mb": "min", "decode_tokens_per_s": "max"}
+    space = {key: tune.choice(values or [0]) for key, values in search_choices(s).items()}
     sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 3)))
-    searcher = OptunaSearch(metric=list(s.objectives), mode=[modes[o] for o in s.objectives], sampler=sampler)
+    searcher = OptunaSearch(metric=list(s.objectives), mode=[OBJECTIVE_MODES[o] for o in s.objectives],
+                            sampler=sampler)
     return space, searcher, s.num_samples
 
 

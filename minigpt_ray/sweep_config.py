@@ -9,8 +9,7 @@ from typing import ClassVar
 
 from minigpt_ray.compress.candidate import CandidateError, CandidateSpec
 from minigpt_ray.config import ConfigError, _require
-
-OBJECTIVES = {"perplexity": "min", "size_mb": "min", "decode_tokens_per_s": "max"}
+from minigpt_ray.pareto import OBJECTIVE_MODES as OBJECTIVES  # the one objective → min/max mapping
 
 
 @dataclass
