@@ -1,12 +1,14 @@
 """Ray Serve app: an autoscaling, OpenAI-compatible completion endpoint for a model directory.
 
 Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Concurrent requests on a replica
-are decoded together by `serve.batch` (a batched async generator: one list of per-request chunks per step).
-Validation lives in `openai_api`, decoding in `generation`; this module only wires them to Serve and FastAPI.
+are decoded together with continuous batching (`decode_engine`: requests join and leave a running batch between
+decode steps). Validation lives in `openai_api`, decoding in `generation`/`decode_engine`; this module only wires
+them to Serve and FastAPI.
 """
 
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -18,7 +20,8 @@ from ray import serve
 from ray.serve import metrics
 
 from minigpt_ray.config import from_dict
-from minigpt_ray.generation import BatchGenerator, GenerationRequest, TextStream
+from minigpt_ray.decode_engine import DecodeEngine
+from minigpt_ray.generation import GenerationRequest
 from minigpt_ray.openai_api import (STREAM_DONE, ApiError, Limits, completion_body, completion_id, decode_body,
                                     parse_completion, stream_event)
 from minigpt_ray.serve_config import ServeConfig
@@ -52,18 +55,21 @@ class CompletionServer:
         self.model.to(self.device)
         self.name, self.timeout = settings["model_name"], settings["request_timeout_s"]
         self.limits = Limits(**settings["limits"])
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_id or 0)
-        self.generate_batch.set_max_batch_size(settings["max_batch_size"])
-        self.generate_batch.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        self.engine = DecodeEngine(self.model, self.tokenizer, settings["max_batch_size"],
+                                   settings["batch_wait_timeout_s"], settings["continuous"], on_step=self._count_step)
         self.requests = metrics.Counter("minigpt_requests", "Completion requests by HTTP status",
                                         tag_keys=("status",))
         self.tokens = metrics.Counter("minigpt_generated_tokens", "Tokens generated")
         self.errors = metrics.Counter("minigpt_request_errors", "Requests answered with an error", tag_keys=("status",))
         self.ttft = metrics.Histogram("minigpt_time_to_first_token_s", "Seconds from request to first token",
                                       boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10])
-        self.batch_sizes = metrics.Histogram("minigpt_batch_size", "Requests per decoded batch",
+        self.batch_sizes = metrics.Histogram("minigpt_batch_size", "Requests decoded together, per decode step",
                                              boundaries=[1, 2, 4, 8, 16, 32])
+
+    def _count_step(self, rows: int, tokens: int) -> None:
+        self.batch_sizes.observe(rows)
+        if tokens:
+            self.tokens.inc(tokens)
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -97,8 +103,10 @@ class CompletionServer:
             text, reason, count, batch = await asyncio.wait_for(self._collect(gen_request, started), self.timeout)
         except asyncio.TimeoutError:
             return self._error(ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout"))
+        except Exception as err:  # noqa: BLE001 - a failed decode step answers JSON, like every other error
+            return self._error(ApiError(500, f"generation failed: {type(err).__name__}: {err}", None, "server_error"))
         self.requests.inc(tags={"status": "200"})
-        # How many requests this one was decoded with: lets operators (and tests) see batching happen.
+        # The most requests decoded together while this one ran: lets operators (and tests) see batching happen.
         return JSONResponse(completion_body(cid, self.name, text, reason, prompt_tokens, count),
                             headers={"x-minigpt-batch-size": str(batch),
                                      "x-minigpt-server-ms": f"{1000 * (time.perf_counter() - started):.1f}"})
@@ -110,67 +118,35 @@ class CompletionServer:
 
     async def _chunks(self, gen_request: GenerationRequest, started: float):
         first = True
-        async for chunk in self.generate_batch(gen_request):
-            if first:
-                self.ttft.observe(time.perf_counter() - started)
-                first = False
-            yield chunk
+        # aclosing: leaving early (timeout, client gone) frees the request's batch row right away
+        async with contextlib.aclosing(self.engine.generate(gen_request)) as chunks:
+            async for chunk in chunks:
+                if first:
+                    self.ttft.observe(time.perf_counter() - started)
+                    first = False
+                yield chunk
 
     async def _collect(self, gen_request: GenerationRequest, started: float) -> tuple[str, str, int, int]:
         pieces, reason, count, batch = [], "length", 0, 1
-        async for piece, finish_reason, count, batch in self._chunks(gen_request, started):
-            pieces.append(piece)
-            reason = finish_reason or reason
+        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+            async for chunk in chunks:
+                pieces.append(chunk.text)
+                reason, count = chunk.finish_reason or reason, chunk.completion_tokens
+                batch = max(batch, chunk.batch_size)
         return "".join(pieces), reason, count, batch
 
     async def _sse(self, gen_request: GenerationRequest, cid: str, started: float):
         deadline = started + self.timeout
-        async for piece, finish_reason, _, _ in self._chunks(gen_request, started):
-            if piece or finish_reason:
-                yield stream_event(cid, self.name, piece, finish_reason)
-            if time.perf_counter() > deadline and not finish_reason:
-                error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
-                self.errors.inc(tags={"status": "504"})
-                yield f"data: {json.dumps(error.body())}\n\n"
-                break
+        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+            async for chunk in chunks:
+                if chunk.text or chunk.finish_reason:
+                    yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
+                if time.perf_counter() > deadline and not chunk.finish_reason:
+                    error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
+                    self.errors.inc(tags={"status": "504"})
+                    yield f"data: {json.dumps(error.body())}\n\n"
+                    break
         yield STREAM_DONE
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # replaced from the config in __init__
-    async def generate_batch(self, requests: list[GenerationRequest]):
-        """Decode a batch; each step yields one (text piece, finish reason or None, tokens so far, batch size) per
-        request, or StopIteration once that request has finished."""
-        self.batch_sizes.observe(len(requests))
-        # Decoding runs on the replica's user-code event loop, one step at a time with a yield in between: new
-        # requests are still accepted between steps, and no second Python thread competes for the GIL (moving
-        # steps to a worker thread doubled per-token latency in bench/serve_load.py).
-        generator = BatchGenerator(self.model, requests, self.pad_id, self.eos_id)
-        streams = [TextStream(self.tokenizer, r.stop) for r in requests]
-        finished = [False] * len(requests)
-        while not all(finished):
-            await asyncio.sleep(0)
-            tokens = generator.step()
-            produced = sum(t is not None for t in tokens)
-            if produced:
-                self.tokens.inc(produced)
-            out = []
-            for i, token in enumerate(tokens):
-                if finished[i]:
-                    out.append(StopIteration)
-                    continue
-                piece = streams[i].push(token) if token is not None else ""
-                if streams[i].stopped:
-                    generator.finish(i)
-                    reason = "stop"
-                elif generator.done[i]:
-                    piece += streams[i].close()
-                    reason = "length" if generator.generated[i] >= requests[i].max_tokens and token is not None \
-                        else "stop"
-                else:
-                    reason = None
-                finished[i] = reason is not None
-                out.append((piece, reason, len(streams[i].ids), len(requests)))
-            yield out
-
 
 def build_app(cfg: ServeConfig):
     """The Serve application for a validated config."""
@@ -179,7 +155,7 @@ def build_app(cfg: ServeConfig):
                 "gpus": s.gpus_per_replica, "request_timeout_s": cfg.limits.request_timeout_s,
                 "limits": dataclasses.asdict(cfg.limits),
                 "max_batch_size": cfg.batching.max_batch_size,
-                "batch_wait_timeout_s": cfg.batching.batch_wait_timeout_s}
+                "batch_wait_timeout_s": cfg.batching.batch_wait_timeout_s, "continuous": cfg.batching.continuous}
     deployment = CompletionServer.options(
         autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                             "initial_replicas": max(1, s.min_replicas),

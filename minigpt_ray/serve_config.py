@@ -33,11 +33,14 @@ class ScalingConfig:
 @dataclass
 class BatchingConfig:
     max_batch_size: int = 8
-    """Concurrent requests decoded together in one batch (1 = no batching)."""
-    batch_wait_timeout_s: float = 0.05
-    """How long a batch waits for more requests before it starts: a lone request pays up to this much latency;
-    under load, longer waits fill batches (bench/serve_load.py: 10 ms gave batches of 2.4 at concurrency 8, 50 ms
-    gave 5.9 and 3.9x the requests/s of no batching)."""
+    """Most requests decoded together on a replica (1 = no batching). Batching is continuous: a request joins the
+    running batch at the next decode step and leaves it as soon as it ends; beyond this many, requests queue."""
+    continuous: bool = True
+    """False = static batching: a batch decodes until its last request ends before queued requests start (short
+    requests then wait for long batch-mates; bench/serve_load.py compares both)."""
+    batch_wait_timeout_s: float = 0.0
+    """When a replica is idle, how long the first request waits for others to share its prefill. Requests that
+    arrive later join the running batch without waiting, so 0 (start at once) is right for most loads."""
 
 
 @dataclass

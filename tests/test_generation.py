@@ -82,3 +82,31 @@ def test_stop_sequence_cuts_the_text_and_is_never_emitted(zh):
     stream = TextStream(tokenizer, [stop, "never-there"])
     out = "".join(stream.push(t) for t in tokens) + stream.close()
     assert stream.stopped and out == full[:full.find(stop)] and stop not in out
+
+
+def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(zh):
+    """Continuous batching: requests join between steps (prefilled inside the next decode step; some prompts longer
+    than the running rows, some shorter) and finished rows leave; every row's tokens equal its solo decode."""
+    model, tokenizer = zh
+    requests = [greedy(tokenizer, p, n=6 + 5 * i) for i, p in enumerate(PROMPTS)]
+    requests.append(GenerationRequest(greedy(tokenizer, "发展").prompt_ids, max_tokens=20, temperature=0.8, seed=5))
+    alone = [decode_all(model, tokenizer, [r])[0] for r in requests]
+    generator = BatchGenerator(model, requests[:2], tokenizer.eos_token_id, tokenizer.eos_token_id)
+    outputs = {id(r): [] for r in requests}
+    pending, step, widest = list(requests[2:]), 0, 0
+    while generator.active or pending:
+        if pending and step % 3 == 2:
+            generator.add([pending.pop(0)])
+        widest = max(widest, len(generator.rows))
+        for row, token in zip(generator.rows, generator.step()):
+            if token is not None:
+                outputs[id(row.request)].append(token)
+        generator.compact()
+        cached = [r for r in generator.rows if r.prefilled]
+        if cached:  # every real token is in the cache exactly once, and no dead leading padding is kept
+            assert generator.mask.sum(dim=1).tolist() == [len(r.request.prompt_ids) + r.generated for r in cached]
+            assert bool(generator.mask[:, 0].any())
+            assert generator.cache.layers[0].keys.shape[:3:2] == (len(cached), generator.mask.shape[1])
+        step += 1
+    assert [outputs[id(r)] for r in requests] == alone
+    assert widest >= 3 and generator.rows == [] and generator.cache is None
