@@ -105,8 +105,8 @@ def model_spec(name: str, config: PretrainedConfig, gradient_checkpointing: bool
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied embeddings counted once; ZeRO-3-partitioned ones by their full size)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in model.parameters()}.values())
 
 
 def flops_per_token(config: PretrainedConfig, n_params: int, seq_len: int) -> float:

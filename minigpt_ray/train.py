@@ -142,6 +142,7 @@ def summarize(prepared: PreparedRun, state: dict, use_gpu: bool, wall_seconds: f
         "tensor_bytes_per_worker": state.get("tensor_bytes_per_worker"),
         "steady_tokens_per_s": state.get("steady_tokens_per_s"),
         "num_workers": train.num_workers, "use_gpu": use_gpu, "zero_stage": train.zero_stage,
+        "partitioned_at_construction": state.get("partitioned_at_construction", False),
         "precision": train.precision, "model": prepared.cfg.model.name, "data": prepared.data.stats,
         "history": history, "train_curve": state.get("train_curve", []),
     }

@@ -39,10 +39,16 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(config["threads_per_worker"])
 
+    zero_stage = config["deepspeed"]["zero_optimization"]["stage"]
+    # ZeRO-3: with this object alive, transformers builds (and from_pretrained loads) the model inside
+    # deepspeed.zero.Init, so each worker only ever holds its partition of the weights, never the full model.
+    hf_zero3 = _hf_deepspeed_config(config["deepspeed"]) if zero_stage == 3 else None  # noqa: F841 - kept alive
     model = build_model(config["model"], attention_for(device.type))
+    partitioned = hasattr(next(model.parameters()), "ds_id")
     n_params = count_parameters(model)
     wu.log(rank, f"{world} worker(s), device {device}, backend {dist.get_backend()}, "
-                 f"{config['train']['precision']}, ZeRO-{config['deepspeed']['zero_optimization']['stage']}, {n_params:,} params")
+                 f"{config['train']['precision']}, ZeRO-{zero_stage}"
+                 f"{' (partitioned at construction: zero.Init)' if zero_stage == 3 else ''}, {n_params:,} params")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=config["deepspeed"])
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "history": [], "resumed_from": []}
@@ -54,6 +60,8 @@ def train_loop_per_worker(config: dict) -> None:
         state["resumed_from"].append(state["step"])
         wu.log(rank, f"resumed from checkpoint at step {state['step']} ({state['tokens']:,} tokens seen)")
 
+    # Recorded for metrics.json: ZeRO-3 parameters are DeepSpeed-partitioned from construction on.
+    state["partitioned_at_construction"] = partitioned
     peak_flops = wu.cluster_peak_flops(config, device, world)
     flops_tok = flops_per_token(engine.module.config, n_params, config["block_size"])
     context = dict(engine=engine, config=config, rank=rank, world=world, device=device, state=state,
@@ -65,6 +73,12 @@ def train_loop_per_worker(config: dict) -> None:
         _evaluate_and_record(context)
     _train_steps(context)
     _report(context, final=True)
+
+
+def _hf_deepspeed_config(ds_config: dict):
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
 
 
 def _train_steps(ctx: dict) -> None:

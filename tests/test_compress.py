@@ -129,6 +129,13 @@ def test_save_then_load_gives_identical_outputs(arch, setting, tmp_path):
     assert manifest["format"] == fmt
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=X).logits, expected)
+    if fmt.startswith("int8") and arch == "llama":  # transformers' own TorchAoConfig loading path
+        from torchao.quantization import Int8Tensor
+
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "c").eval()
+        assert isinstance(hf.model.layers[0].mlp.up_proj.weight, Int8Tensor)
+        with torch.no_grad():
+            assert torch.equal(hf(input_ids=X).logits, expected)
 
 
 def test_quantized_weights_are_int8_and_packed_int4():

@@ -6,7 +6,9 @@ Formats (`manifest.json` "format"):
 - sparse: each pruned weight stored as a packed keep-bitmask (1 bit per weight) plus its kept values, so 50%
   sparsity really takes ~0.53x the bytes of the dense weight; rebuilt to dense tensors at load.
 - int8-weight / int8-dynamic: torchao tensor subclasses flattened with torchao's safetensors support (the same
-  encoding transformers writes for TorchAoConfig models) into `model.safetensors` + its metadata.
+  encoding transformers writes for TorchAoConfig models) into `model.safetensors` + its metadata; for architectures
+  built from nn.Linear (Llama-style) config.json also carries the TorchAoConfig `quantization_config`, so
+  `AutoModelForCausalLM.from_pretrained(dir)` loads them as well (same logits as `load_candidate`).
 - int4-weight: the packed codes and fp16 scales/offsets of `Int4GroupLinear` in `model.safetensors`.
 Non-dense formats load with `minigpt_ray.compress.load_candidate(dir)`, which builds the architecture from
 `config.json` and then loads the tensors. Directories are written atomically.
@@ -25,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from minigpt_ray.compress.layers import conv1d_to_linear, target_layers
-from minigpt_ray.compress.quantize import int4_shells
+from minigpt_ray.compress.quantize import int4_shells, torchao_config
 from minigpt_ray.outputs import atomic_directory
 from minigpt_ray.tokenizer import load_tokenizer
 
@@ -70,6 +72,22 @@ def _sparse_decode(tensors: dict, shapes: dict[str, list[int]]) -> None:
         tensors[key] = dense.reshape(shape)
 
 
+def hf_quantization_config(config, fmt: str) -> dict | None:
+    """transformers' `quantization_config` (TorchAoConfig) for an int8 candidate, so that plain
+    `AutoModelForCausalLM.from_pretrained(dir)` loads it too. None when the architecture's target layers are not
+    nn.Linear (GPT-2's Conv1D: we convert them before quantizing, which transformers' GPT-2 class cannot mirror)."""
+    from torch import nn
+    from transformers import TorchAoConfig
+
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config)
+    quantized = set(target_layers(fresh))
+    linears = {name for name, module in fresh.named_modules() if isinstance(module, nn.Linear)}
+    if not quantized <= linears:
+        return None
+    return TorchAoConfig(torchao_config(fmt), modules_to_not_convert=sorted(linears - quantized)).to_dict()
+
+
 def save_candidate(model, tokenizer, directory: str | Path, fmt: str, manifest: dict) -> Path:
     """Write the candidate atomically; `manifest` (settings, metrics) is stored beside the weights."""
     if fmt not in FORMATS:
@@ -90,10 +108,17 @@ def save_candidate(model, tokenizer, directory: str | Path, fmt: str, manifest: 
                 from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
                 state, metadata = flatten_tensor_state_dict(state)
+                _add_to_config(Path(tmp), "quantization_config", hf_quantization_config(model.config, fmt))
             save_file(state, str(Path(tmp) / WEIGHTS), metadata=metadata)
         record = {**manifest, "format": fmt, **extra}
         (Path(tmp) / MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(directory)
+
+
+def _add_to_config(directory: Path, key: str, value) -> None:
+    if value is not None:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        (directory / "config.json").write_text(json.dumps(config | {key: value}, indent=2) + "\n", encoding="utf-8")
 
 
 def read_manifest(directory: str | Path) -> dict:
