@@ -35,8 +35,10 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict:
         },
         "scheduler": {
             "type": "WarmupCosineLR",
-            "params": {"total_num_steps": train.max_steps, "warmup_num_steps": train.warmup_steps,
-                       "warmup_min_ratio": 0.0, "cos_min_ratio": train.min_lr_ratio, "warmup_type": "linear"},
+            # DeepSpeed rejects warmup_num_steps=0; no warmup = a warmup that already starts at the full lr.
+            "params": {"total_num_steps": train.max_steps, "warmup_num_steps": max(1, train.warmup_steps),
+                       "warmup_min_ratio": 0.0 if train.warmup_steps else 1.0, "cos_min_ratio": train.min_lr_ratio,
+                       "warmup_type": "linear"},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

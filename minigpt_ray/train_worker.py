@@ -40,15 +40,15 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(config["threads_per_worker"])
 
     zero_stage = config["deepspeed"]["zero_optimization"]["stage"]
-    # ZeRO-3: with this object alive, transformers builds (and from_pretrained loads) the model inside
-    # deepspeed.zero.Init, so each worker only ever holds its partition of the weights, never the full model.
-    hf_zero3 = _hf_deepspeed_config(config["deepspeed"]) if zero_stage == 3 else None  # noqa: F841 - kept alive
-    model = build_model(config["model"], attention_for(device.type))
+    # DeepSpeed's comm layer adopts Ray's process group now (not at deepspeed.initialize): zero.Init below sizes
+    # its partitions and checks the batch arithmetic against the real world size.
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
+    model = _build_model(config, device, zero_stage)
     partitioned = hasattr(next(model.parameters()), "ds_id")
     n_params = count_parameters(model)
     wu.log(rank, f"{world} worker(s), device {device}, backend {dist.get_backend()}, "
                  f"{config['train']['precision']}, ZeRO-{zero_stage}"
-                 f"{' (partitioned at construction: zero.Init)' if zero_stage == 3 else ''}, {n_params:,} params")
+                 f"{' (partitioned at construction: zero.Init)' if partitioned else ''}, {n_params:,} params")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=config["deepspeed"])
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "history": [], "resumed_from": []}
@@ -75,10 +75,14 @@ def train_loop_per_worker(config: dict) -> None:
     _report(context, final=True)
 
 
-def _hf_deepspeed_config(ds_config: dict):
+def _build_model(config: dict, device: torch.device, zero_stage: int):
+    """Under ZeRO-3, transformers builds (and from_pretrained loads) the model inside deepspeed.zero.Init while an
+    HfDeepSpeedConfig is alive, so no worker ever holds the full weights. It is dropped on return: a model built
+    later on one rank alone (the final save) must not start collective zero.Init work the other ranks never join."""
     from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
-    return HfDeepSpeedConfig(ds_config)
+    hf_zero3 = HfDeepSpeedConfig(config["deepspeed"]) if zero_stage == 3 else None  # noqa: F841 - held while building
+    return build_model(config["model"], attention_for(device.type))
 
 
 def _train_steps(ctx: dict) -> None:

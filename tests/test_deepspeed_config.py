@@ -33,3 +33,21 @@ def test_bf16_mixed_is_torch_autocast_on_fp32_weights():
     ds = build_deepspeed_config(cfg.validate().train, world_size=2)
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+
+
+def test_no_warmup_starts_at_full_lr_in_deepspeeds_own_scheduler():
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    cfg = RunConfig()
+    cfg.train.lr, cfg.train.max_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio = 1e-3, 50, 0, 0.1
+    sched = build_deepspeed_config(cfg.validate().train, world_size=1)["scheduler"]["params"]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = WarmupCosineLR(optimizer, **sched)  # the same class DeepSpeed builds from the dict
+    lrs = []
+    for _ in range(50):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    # lrs[0] is before the scheduler's first step: DeepSpeed's WarmupCosineLR reports 0 there for any setting
+    assert lrs[1] == 1e-3 and lrs[2] == 1e-3  # no ramp up from 0
+    assert abs(lrs[-1] - 1e-4) < 2e-5 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))

@@ -61,7 +61,7 @@ def test_zero3_fp32_consolidated_model_matches_trained_weights(ray_cluster, tmp_
 
     # Fine-tuning that directory under ZeRO-3: from_pretrained loads the weights straight into the partitions, so
     # the new run starts where the first one ended (a random init would start near ln(512) = 6.2).
-    again = tiny_run_config(tmp_path / "z3-ft", zero_stage=3, precision="fp32", max_steps=2, eval_every=2,
+    again = tiny_run_config(tmp_path / "z3-ft", zero_stage=3, precision="fp32", max_steps=2, warmup_steps=0, eval_every=2,
                             checkpoint_every=2)
     again.model.name = str(output / "model")
     resumed = run_training(again.validate())
