@@ -1,6 +1,6 @@
 """Training throughput and memory of the Ray Train + DeepSpeed path against a plain PyTorch loop, same run.
 
-  .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small]
+  .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small] [--memory-only]
 
 Prints, per precision and ZeRO stage, the steady tokens/s and MFU of the Ray path (2 workers x 1 thread) and of a
 plain single-process loop (all threads) in the same precision measured just before it, their ratio and the ratio
@@ -77,9 +77,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--memory-only", action="store_true", help="only the ZeRO 0-3 memory table (~4 min)")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
+    if args.memory_only:
+        memory_table(args, work)
+        return
     cfg = base_config(args.model, args.steps, f"{work}/probe", args.block_size, args.micro_batch)
     prepared = prepare_run(cfg)
     peak = {p: measure_matmul_flops(torch.bfloat16 if p != "fp32" else torch.float32, torch.device("cpu"), 1.0)
