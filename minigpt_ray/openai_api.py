@@ -96,8 +96,10 @@ def _unsupported(body: dict) -> None:
         raise ApiError(400, f"stream: expected true or false, got {json.dumps(body.get('stream'))}", "stream")
 
 
-def parse_completion(body: dict, tokenizer, limits: Limits, served_model: str) -> tuple[GenerationRequest, bool, int]:
-    """(request, stream?, prompt tokens before any truncation) from a decoded JSON body."""
+def parse_completion(body: dict, tokenizer, limits: Limits, served_model: str,
+                     context_window: int | None = None) -> tuple[GenerationRequest, bool, int]:
+    """(request, stream?, prompt tokens) from a decoded JSON body. `context_window`: the model's positions; prompt +
+    max_tokens must fit in it (with truncate-left the prompt is cut to make room)."""
     model = body.get("model")
     if model is not None and model != served_model:
         raise ApiError(404, f"model: unknown model {json.dumps(model)}; this endpoint serves "
@@ -118,6 +120,13 @@ def parse_completion(body: dict, tokenizer, limits: Limits, served_model: str) -
             raise ApiError(400, f"prompt: {len(ids)} tokens exceeds max_prompt_tokens {limits.max_prompt_tokens}",
                            "prompt", "context_length_exceeded")
         ids = ids[-limits.max_prompt_tokens:]  # keep the end of the prompt: it is what the completion continues
+    if context_window is not None and len(ids) + request.max_tokens > context_window:
+        room = context_window - request.max_tokens
+        if limits.prompt_overflow != "truncate-left" or room < 1:
+            raise ApiError(400, f"max_tokens: prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds "
+                                f"the model's context window of {context_window} tokens", "max_tokens",
+                           "context_length_exceeded")
+        ids = ids[-room:]
     request.prompt_ids = ids
     return request, body.get("stream", False), len(ids)
 

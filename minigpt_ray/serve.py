@@ -55,6 +55,8 @@ class CompletionServer:
         self.model.to(self.device)
         self.name, self.timeout = settings["model_name"], settings["request_timeout_s"]
         self.limits = Limits(**settings["limits"])
+        config = self.model.config  # positions the model has (absolute embeddings fail past them; RoPE degrades)
+        self.context_window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.engine = DecodeEngine(self.model, self.tokenizer, settings["max_batch_size"],
                                    settings["batch_wait_timeout_s"], settings["continuous"], on_step=self._count_step)
         self.requests = metrics.Counter("minigpt_requests", "Completion requests by HTTP status",
@@ -92,7 +94,8 @@ class CompletionServer:
                 raise ApiError(413, f"body: {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
                                None, "body_too_large")
             body = decode_body(await request.body(), self.limits)
-            gen_request, stream, prompt_tokens = parse_completion(body, self.tokenizer, self.limits, self.name)
+            gen_request, stream, prompt_tokens = parse_completion(body, self.tokenizer, self.limits, self.name,
+                                                                  self.context_window)
         except ApiError as err:
             return self._error(err)
         cid = completion_id()

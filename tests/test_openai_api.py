@@ -57,6 +57,20 @@ def test_long_prompts_can_be_truncated_from_the_left():
     assert len(request.prompt_ids) == 5 and TOKENIZER.decode(request.prompt_ids).endswith("天气")
 
 
+def test_prompt_plus_max_tokens_must_fit_the_context_window():
+    prompt = {"prompt": "hello world " * 3, "max_tokens": 10}
+    n_prompt = len(parse(prompt)[0].prompt_ids)
+    with pytest.raises(ApiError) as info:
+        parse_completion(prompt, TOKENIZER, LIMITS, "minigpt", context_window=n_prompt + 9)
+    assert info.value.status == 400 and info.value.param == "max_tokens" and "context window" in info.value.message
+    assert parse_completion(prompt, TOKENIZER, LIMITS, "minigpt", context_window=n_prompt + 10)[0].max_tokens == 10
+    cut = Limits(max_prompt_tokens=20, prompt_overflow="truncate-left")
+    request, _, _ = parse_completion(prompt, TOKENIZER, cut, "minigpt", context_window=n_prompt + 7)
+    assert request.prompt_ids == parse(prompt)[0].prompt_ids[3:]  # the end of the prompt, cut to make room
+    with pytest.raises(ApiError):
+        parse_completion(prompt, TOKENIZER, cut, "minigpt", context_window=10)  # no room left for any prompt
+
+
 def test_response_shapes_match_openai():
     body = completion_body("cmpl-1", "minigpt", "text", "length", 3, 4)
     assert body["object"] == "text_completion" and body["usage"]["total_tokens"] == 7

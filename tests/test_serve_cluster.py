@@ -145,6 +145,7 @@ BAD = [
     ("invalid UTF-8", b'{"prompt": "caf\xe9"}', 400), ("not an object", b"[1]", 400),
     ("unknown model", b'{"prompt": "hi", "model": "gpt-4"}', 404),
     ("prompt too long", json.dumps({"prompt": "中国人民" * 40}).encode(), 400),
+    ("past the context window", json.dumps({"prompt": "中国人民" * 3, "max_tokens": 60}).encode(), 400),  # 64 positions
 ]
 
 
