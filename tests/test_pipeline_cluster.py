@@ -27,7 +27,8 @@ def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
         "output": str(output), "prompts": ["ROMEO:"],
         "pretrain": {"sample_prompt": "", "model": {"name": "gpt-nano", "vocab_size": 512},
                      "data": dict(data, tokenizer_train_chars=100_000), "train": dict(TRAIN, max_steps=8, lr=3e-3)},
-        "finetune": {"sample_prompt": "", "data": data, "train": dict(TRAIN, max_steps=4, lr=1e-3)},
+        # ZeRO-3 here: from_pretrained loads the pretrained directory straight into zero.Init partitions
+        "finetune": {"sample_prompt": "", "data": data, "train": dict(TRAIN, max_steps=4, lr=1e-3, zero_stage=3)},
         "sweep": {"data": dict(data, eval_blocks=8, calib_blocks=4),
                   "search": {"algorithm": "grid", "methods": ["none", "magnitude"], "sparsities": [0.5],
                              "patterns": ["unstructured"], "quants": ["none", "int8-weight"], "decode_tokens": 4}},
@@ -56,6 +57,10 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):
         pretrain = json.loads((output / "pretrain" / "metrics.json").read_text())
         pareto = json.loads((output / "sweep" / "pareto.json").read_text())
         assert f"{pretrain['initial_val_loss']:.3f} → {pretrain['final_val_loss']:.3f}" in report
+        finetune = json.loads((output / "finetune" / "metrics.json").read_text())
+        # same corpus and split: a fine-tune that really loaded the weights starts where pretraining ended
+        assert finetune["partitioned_at_construction"] and finetune["zero_stage"] == 3
+        assert abs(finetune["initial_val_loss"] - pretrain["final_val_loss"]) < 0.05
         assert pareto["winner"]["label"] in report and f"{pareto['winner']['perplexity']:.3f}" in report
         url = state["stages"]["serve"]["url"]
         assert f"curl {url}/v1/completions" in report and "from openai import OpenAI" in report

@@ -58,15 +58,7 @@ def test_zero3_fp32_consolidated_model_matches_trained_weights(ray_cluster, tmp_
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
     assert metrics["partitioned_at_construction"]  # built inside zero.Init: no worker held the full model
-
-    # Fine-tuning that directory under ZeRO-3: from_pretrained loads the weights straight into the partitions, so
-    # the new run starts where the first one ended (a random init would start near ln(512) = 6.2).
-    again = tiny_run_config(tmp_path / "z3-ft", zero_stage=3, precision="fp32", max_steps=2, warmup_steps=0, eval_every=2,
-                            checkpoint_every=2)
-    again.model.name = str(output / "model")
-    resumed = run_training(again.validate())
-    assert resumed["partitioned_at_construction"]
-    assert abs(resumed["initial_val_loss"] - metrics["final_val_loss"]) < 0.05
+    # (loading a pretrained directory into ZeRO-3 partitions is checked by the pipeline test's fine-tune stage)
 
 
 def test_resume_after_worker_crash_continues_then_rerun_resumes(ray_cluster, tmp_path):
