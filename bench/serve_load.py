@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minigpt_ray.generation import BatchGenerator, GenerationRequest  # noqa: E402
-from minigpt_ray.serve import deploy, load_serving_model  # noqa: E402
+from minigpt_ray.compress.artifact import load_model_dir  # noqa: E402
+from minigpt_ray.serve import deploy  # noqa: E402
 from minigpt_ray.serve_config import ServeConfig  # noqa: E402
 
 PROMPTS = ["今天天气", "这本书", "我们很喜欢这个酒店", "服务", "价格", "The", "质量不错", "房间"]
@@ -100,7 +101,7 @@ def overhead(url: str, model_dir: str, max_tokens: int, rounds: int) -> dict:
     connection, like any HTTP client), alternating one of each so both see the same machine speed; plus the
     server-side time the replica reports."""
     torch.set_num_threads(1)
-    model, tokenizer = load_serving_model(model_dir)
+    model, tokenizer = load_model_dir(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
     local, http, server = [], [], []

@@ -153,23 +153,16 @@ def run_pipeline(plan: PipelinePlan) -> dict:
 
 
 def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
-    from transformers import AutoModelForCausalLM
-
-    from minigpt_ray.compress.artifact import load_candidate
+    from minigpt_ray.compress.artifact import load_model_dir
     from minigpt_ray.model import sample_text
-    from minigpt_ray.tokenizer import load_tokenizer
 
     samples = {}
     for label, directory in (("base (pretrained)", plan.output / "pretrain" / "model"),
                              ("fine-tuned", plan.output / "finetune" / "model"),
                              ("winner (compressed)", plan.output / "sweep" / "winner")):
-        if not (directory / "config.json").is_file():
-            continue
-        if (directory / "manifest.json").is_file():
-            model, tokenizer, _ = load_candidate(directory)
-        else:
-            model, tokenizer = AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(str(directory))
-        samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
+        if (directory / "config.json").is_file():
+            model, tokenizer = load_model_dir(directory)
+            samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
     return samples
 
 

@@ -87,7 +87,9 @@ def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], 
             lines += _training_section(title, metrics, f"loss_{stage}.png")
     pareto_file = output / "sweep" / "pareto.json"
     if pareto_file.is_file():
-        shutil.copyfile(output / "sweep" / "pareto.png", report / "pareto.png")
+        staged = report / ".pareto.png.tmp"
+        shutil.copyfile(output / "sweep" / "pareto.png", staged)
+        staged.replace(report / "pareto.png")
         lines += _sweep_section(json.loads(pareto_file.read_text(encoding="utf-8")))
     if samples:
         lines += ["## Samples (seeded top-k 40, temperature 0.8)", "", "| model | prompt | completion |", "|---|---|---|"]

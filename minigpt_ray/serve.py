@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve import metrics
 
+from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import from_dict
 from minigpt_ray.decode_engine import DecodeEngine
 from minigpt_ray.generation import GenerationRequest
@@ -29,28 +30,12 @@ from minigpt_ray.serve_config import ServeConfig
 api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
 
 
-def load_serving_model(directory: str):
-    """(model, tokenizer) for a sweep candidate (any format) or a plain HF model directory."""
-    from pathlib import Path
-
-    from minigpt_ray.compress.artifact import MANIFEST, load_candidate
-
-    if (Path(directory) / MANIFEST).is_file():
-        model, tokenizer, _ = load_candidate(directory)
-        return model, tokenizer
-    from transformers import AutoModelForCausalLM
-
-    from minigpt_ray.tokenizer import load_tokenizer
-
-    return AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(directory)
-
-
 @serve.deployment(name="CompletionServer")
 @serve.ingress(api)
 class CompletionServer:
     def __init__(self, settings: dict):
         torch.set_num_threads(settings["threads"])
-        self.model, self.tokenizer = load_serving_model(settings["model"])
+        self.model, self.tokenizer = load_model_dir(settings["model"])
         self.device = "cuda" if settings["gpus"] > 0 and torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.name, self.timeout = settings["model_name"], settings["request_timeout_s"]
@@ -141,15 +126,20 @@ class CompletionServer:
     async def _sse(self, gen_request: GenerationRequest, cid: str, started: float):
         deadline = started + self.timeout
         async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
-            async for chunk in chunks:
-                if chunk.text or chunk.finish_reason:
-                    yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
-                if time.perf_counter() > deadline and not chunk.finish_reason:
+            while True:
+                try:  # the deadline holds while a request still queues for a batch row, too
+                    chunk = await asyncio.wait_for(anext(chunks), max(0.0, deadline - time.perf_counter()))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
                     error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
                     self.errors.inc(tags={"status": "504"})
                     yield f"data: {json.dumps(error.body())}\n\n"
                     break
+                if chunk.text or chunk.finish_reason:
+                    yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
         yield STREAM_DONE
+
 
 def build_app(cfg: ServeConfig):
     """The Serve application for a validated config."""

@@ -161,6 +161,24 @@ def test_bad_inputs_get_4xx_json_and_the_replica_stays_up(endpoint):
     assert complete(url, prompt="中国人民", max_tokens=4, temperature=0).status_code == 200
 
 
+def test_request_timeout_answers_504_and_ends_a_stream_with_an_error_event(tiny_zh_model, endpoint):
+    from ray import serve
+
+    port = int(endpoint[0].rsplit(":", 1)[1])
+    cfg = serve_config(tiny_zh_model["dir"], port)
+    cfg.app_name, cfg.route_prefix, cfg.limits.request_timeout_s = "slow", "/slow", 0.01  # 48 tokens take longer
+    url = deploy(cfg)
+    try:
+        reply = complete(url, prompt="中国人民", max_tokens=48, temperature=0)
+        assert reply.status_code == 504 and reply.json()["error"]["code"] == "timeout"
+        events = stream(url, prompt="中国人民", max_tokens=48, temperature=0)
+        assert events[-1] == {"done": True} and events[-2]["error"]["code"] == "timeout"
+        assert not any(e.get("choices", [{}])[0].get("finish_reason") for e in events[:-2])  # cut, not finished
+        assert requests.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+    finally:
+        serve.delete("slow")
+
+
 def test_autoscaling_rises_to_max_and_returns_to_min(tiny_zh_model, endpoint):
     from ray import serve
 

@@ -160,6 +160,14 @@ def load_candidate(directory: str | Path):
     return model.eval(), tokenizer, manifest
 
 
+def load_model_dir(directory: str | Path):
+    """(model, tokenizer) for a sweep candidate of any format or a plain HF model directory."""
+    if (Path(directory) / MANIFEST).is_file():
+        model, tokenizer, _ = load_candidate(directory)
+        return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), load_tokenizer(str(directory))
+
+
 def artifact_bytes(directory: str | Path) -> dict[str, int]:
     """Bytes on disk: the weight files, and the whole directory (config, tokenizer, manifest included)."""
     files = [p for p in Path(directory).rglob("*") if p.is_file()]
