@@ -6,13 +6,15 @@ over in-process decoding of the same requests, measured in the same run.
 For concurrency 1, 8 and 32 and for max_batch_size 8 vs 1 (one replica, 1 CPU): p50/p99 latency, requests/s,
 tokens/s, errors, and the replica's peak RSS. Overhead = p50 HTTP latency at concurrency 1 minus p50 of the same
 greedy request decoded in this process with the same code (BatchGenerator, 1 thread), for a 1-token request (the
-per-request cost, least disturbed by this VM's drifting speed) and a full-length one (adds any per-token cost). Targets: batching >= 2x
-requests/s at concurrency 8; p50 overhead <= 15 ms; zero errors.
+per-request cost, least disturbed by this VM's drifting speed) and a full-length one (adds any per-token cost), and
+the 1-token overhead through both Serve ingresses (HAProxy, the embedded default, and Serve's proxy actor), each on a
+restarted embedded Ray. Targets: batching >= 2x requests/s at concurrency 8; p50 overhead <= 15 ms; zero errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import requests
 import torch
+from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -123,6 +126,37 @@ def overhead(url: str, model_dir: str, max_tokens: int, rounds: int) -> dict:
     return {"local": statistics.median(local), "http": statistics.median(http), "server": statistics.median(server)}
 
 
+def health_floor(url: str) -> float:
+    """p50 ms of GET /health on one keep-alive connection: Serve's HTTP path with no body and no model work."""
+    with requests.Session() as session:
+        floor = []
+        for _ in range(40):
+            start = time.perf_counter()
+            session.get(f"{url}/health", timeout=30)
+            floor.append(1000 * (time.perf_counter() - start))
+    return statistics.median(floor[5:])
+
+
+def compare_ingress(port: int, model: str) -> None:
+    """1-token overhead and /health floor through each Serve ingress, alternated twice: the embedded Ray is
+    restarted with RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy -> replica HTTP servers) or 0 (Serve's proxy actor)."""
+    import ray
+
+    print("\n| ingress | in-process 1-token p50 ms | HTTP p50 ms | overhead ms | GET /health p50 ms |")
+    print("|---|---|---|---|---|")
+    for mode in ("proxy", "haproxy", "proxy", "haproxy"):
+        serve.shutdown()
+        ray.shutdown()
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if mode == "haproxy" else "0"
+        cfg = ServeConfig(model=model, port=port, app_name="bench")
+        cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
+        url = deploy(cfg.validate())
+        assert requests.get(f"{url}/health", timeout=30).json()["ingress"] == mode
+        o = overhead(url, model, 1, 30)
+        print(f"| {mode} | {o['local']:.1f} | {o['http']:.1f} | {o['http'] - o['local']:.1f} | "
+              f"{health_floor(url):.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/sweep/winner")
@@ -163,18 +197,13 @@ def main() -> None:
         print(f"{tokens:>2} token(s), concurrency 1, alternating: in-process decode p50 {o['local']:.1f} ms, replica-side "
               f"p50 {o['server']:.1f} ms, HTTP p50 {o['http']:.1f} ms → Serve overhead {overheads[tokens]:.1f} ms "
               f"({o['server'] - o['local']:.1f} in the replica, {o['http'] - o['server']:.1f} proxy + HTTP)")
-    http_minus_inproc = overheads[1]
-    with requests.Session() as session:
-        floor = []
-        for _ in range(40):
-            start = time.perf_counter()
-            session.get(f"{url}/health", timeout=30)
-            floor.append(1000 * (time.perf_counter() - start))
-    print(f"Serve's own floor: GET /health (no model work) p50 {statistics.median(floor[5:]):.1f} ms")
+    http_minus_inproc, ingress = overheads[1], requests.get(f"{url}/health", timeout=30).json()["ingress"]
+    print(f"Serve's own floor: GET /health (no model work) p50 {health_floor(url):.1f} ms")
     compare_static(port, args.model, args.requests_per_client)
+    compare_ingress(port, args.model)
     print(f"target {'met' if gain >= 2 else 'MISSED'}: batching {gain:.2f}x requests/s at concurrency 8 (>= 2x)")
     print(f"target {'met' if http_minus_inproc <= 15 else 'MISSED'}: p50 per-request overhead {http_minus_inproc:.1f} ms "
-          f"(<= 15 ms; 1-token requests, where machine noise in the decode itself is smallest)")
+          f"(<= 15 ms; 1-token requests, where machine noise in the decode itself is smallest; {ingress} ingress)")
     print(f"target {'met' if errors == 0 else 'MISSED'}: {errors} errors")
 
 

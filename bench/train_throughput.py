@@ -2,10 +2,10 @@
 
   .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small] [--memory-only]
 
-Prints, per precision and ZeRO stage, the steady tokens/s and MFU of the Ray path (2 workers x 1 thread) and of a
-plain single-process loop (all threads) in the same precision measured just before it, their ratio and the ratio
-to the plain fp32 loop; then model-state memory per worker for ZeRO 0-3 on a larger model. MFU uses a matmul peak
-measured in the same run.
+Prints, per precision and ZeRO stage, the steady tokens/s, data-wait share and MFU of the Ray path (2 workers x 1
+thread) and of a plain single-process loop (all threads) in the same precision and in fp32, each measured right
+before and right after the Ray run; their ratios; then model-state memory per worker for ZeRO 0-3 on a larger
+model. MFU uses a matmul peak measured in the same run.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--memory-only", action="store_true", help="only the ZeRO 0-3 memory table (~4 min)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    parser.add_argument("--configs", default="fp32:2,bf16:2,bf16-mixed:0,bf16-mixed:1,bf16-mixed:2,bf16-mixed:3",
+                        help="precision:zero-stage pairs to run through Ray Train")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -91,29 +94,37 @@ def main() -> None:
     peak["bf16"] = peak["bf16-mixed"]
     model = build_model(prepared.worker_config(1)["model"], attention_for("cpu"))
     flops_tok = flops_per_token(model.config, count_parameters(model), args.block_size)
-    plain_fp32_before = plain_loop(prepared, "fp32", args.steps, threads)
     rows = []
-    for precision, stage in [("fp32", 2), ("bf16", 2), ("bf16-mixed", 0), ("bf16-mixed", 1), ("bf16-mixed", 2),
-                             ("bf16-mixed", 3)]:
-        # The plain loop in the same precision is re-measured right before each Ray run: this machine's speed
-        # drifts by 2x over minutes, and a ratio is only meaningful between neighbouring measurements.
-        plain = plain_loop(prepared, precision, args.steps, threads)
+    for precision, stage in configs(args.configs):
+        # Each Ray run sits between two plain runs in the same precision (and two plain fp32 runs): this machine's
+        # speed drifts by 2x over minutes, so a ratio is only meaningful against measurements taken around it.
+        plain = {"fp32": [plain_loop(prepared, "fp32", args.steps, threads)]}
+        if precision != "fp32":
+            plain[precision] = [plain_loop(prepared, precision, args.steps, threads)]
         run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}", args.block_size, args.micro_batch)
         run.train.precision, run.train.zero_stage = precision, stage
         m = ray_run(run)
-        rows.append((precision, stage, m["steady_tokens_per_s"], plain))  # both skip their warm-up steps
-    plain_fp32 = (plain_fp32_before + plain_loop(prepared, "fp32", args.steps, threads)) / 2
+        for p in reversed(list(plain)):
+            plain[p].append(plain_loop(prepared, p, args.steps, threads))
+        rows.append((precision, stage, m["steady_tokens_per_s"], m["steady_data_wait_fraction"],
+                     sum(plain[precision]) / 2, sum(plain["fp32"]) / 2))  # both skip their warm-up steps
     print(f"\nmodel {args.model}: {count_parameters(model) / 1e6:.1f}M params, block {args.block_size}, global batch "
           f"{2 * args.micro_batch}, {args.steps} steps; matmul peak ({threads} threads): fp32 "
-          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain fp32 loop "
-          f"{plain_fp32:,.0f} tokens/s (mean of first and last measurement)")
-    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | plain loop same precision, 1 process x "
-          f"{threads} threads | ratio | vs plain fp32 | MFU |")
-    print("|---|---|---|---|---|---|")
-    for precision, stage, tps, plain in rows:
-        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {plain:,.0f} | {tps / plain:.2f} | {tps / plain_fp32:.2f} | "
-              f"{flops_tok * tps / peak[precision]:.1%} |")
-    memory_table(args, work)
+          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = mean of the plain "
+          "loop right before and right after each Ray run")
+    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain loop same precision, 1 process x "
+          f"{threads} threads | ratio | plain fp32 | vs plain fp32 | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision, stage, tps, data_wait, plain_same, plain_fp32 in rows:
+        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | {tps / plain_same:.2f} | "
+              f"{plain_fp32:,.0f} | {tps / plain_fp32:.2f} | {flops_tok * tps / peak[precision]:.1%} |")
+    if not args.no_memory:
+        memory_table(args, work)
+
+
+def configs(spec: str) -> list[tuple[str, int]]:
+    """"fp32:2,bf16-mixed:0" -> [("fp32", 2), ("bf16-mixed", 0)]."""
+    return [(item.split(":")[0], int(item.split(":")[1])) for item in spec.split(",") if item]
 
 
 def memory_table(args, work: str) -> None:

@@ -14,18 +14,22 @@ import sys
 from minigpt_ray.config import ConfigError, parse_args
 from minigpt_ray.serve_config import ServeConfig
 
+INGRESS = {"haproxy": "HAProxy -> replicas", "proxy": "Serve proxy (start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 "
+           "for HAProxy ingress, ~10 ms less per request)"}
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv, __doc__, ServeConfig)
-        from minigpt_ray.serve import deploy, serve_until_interrupted  # late: --help and config errors stay instant
+        from minigpt_ray.serve import cluster_ingress_mode, deploy, serve_until_interrupted  # late: --help stays instant
 
         url = deploy(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"[minigpt_ray] serving {cfg.model} as {cfg.model_name!r} at {url}/v1/completions "
-          f"(app {cfg.app_name!r}, {cfg.scaling.min_replicas}-{cfg.scaling.max_replicas} replicas)", flush=True)
+          f"(app {cfg.app_name!r}, {cfg.scaling.min_replicas}-{cfg.scaling.max_replicas} replicas, "
+          f"ingress: {INGRESS[cluster_ingress_mode()]})", flush=True)
     print(f"[minigpt_ray] try: curl {url}/v1/completions -H 'Content-Type: application/json' "
           f"-d '{{\"prompt\": \"今天天气\", \"max_tokens\": 32}}'", flush=True)
     if cfg.ray_address or os.environ.get("RAY_ADDRESS"):

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import time
 
+import ray
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,6 +28,14 @@ from minigpt_ray.generation import GenerationRequest
 from minigpt_ray.openai_api import (STREAM_DONE, ApiError, Limits, completion_body, completion_id, decode_body,
                                     parse_completion, stream_event)
 from minigpt_ray.serve_config import ServeConfig
+
+
+def ingress_mode() -> str:
+    """How HTTP reaches replicas in this process's cluster: "haproxy" (HAProxy → an HTTP server in each replica,
+    when Ray was started with RAY_SERVE_ENABLE_HA_PROXY=1) or "proxy" (Serve's proxy actor → replica actor calls).
+    Defined above the deployment class: Serve pickles that class when it is decorated."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
 
 api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
 
@@ -63,7 +73,8 @@ class CompletionServer:
         import resource
 
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        return {"status": "ok", "model": self.name, "device": str(self.device), "peak_rss_mb": round(peak_rss_mb, 1)}
+        return {"status": "ok", "model": self.name, "device": str(self.device), "peak_rss_mb": round(peak_rss_mb, 1),
+                "ingress": ingress_mode()}
 
     @api.get("/v1/models")
     async def models(self) -> dict:
@@ -166,12 +177,21 @@ def app_builder(args: dict):
     return build_app(from_dict(dict(args), ServeConfig).validate())
 
 
+def cluster_ingress_mode() -> str:
+    """ingress_mode() as the cluster's processes see it (a `ray start` environment, not this driver's)."""
+    return ray.get(ray.remote(num_cpus=0)(ingress_mode).remote())
+
+
 def deploy(cfg: ServeConfig) -> str:
     """Start Serve's HTTP proxy on cfg.host:cfg.port (if Serve is not already up) and (re)deploy the app. Returns
     the base URL once the app is running."""
-    from minigpt_ray.train import connect_ray
+    from minigpt_ray.ray_cluster import connect_ray
 
     connect_ray(cfg.ray_address)
+    if cfg.host in ("127.0.0.1", "localhost") and len([n for n in ray.nodes() if n["Alive"]]) > 1 \
+            and cluster_ingress_mode() == "haproxy":
+        print("[minigpt_ray] warning: HAProxy ingress binds replicas to `host` too; replicas on other nodes are "
+              "unreachable at 127.0.0.1 — serve with --host 0.0.0.0 inside a private network", flush=True)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

@@ -173,7 +173,7 @@ def run_sweep(cfg: SweepConfig, fail_when: dict | None = None) -> dict:
     reports when no candidate meets the constraint. `fail_when` (tests) makes matching trials raise."""
     from ray import tune
 
-    from minigpt_ray.train import connect_ray
+    from minigpt_ray.ray_cluster import connect_ray
 
     prep = prepare_sweep(cfg)
     output = Path(cfg.output).resolve()

@@ -4,7 +4,6 @@ DeepSpeed workers → consolidated HF model + metrics.json written atomically un
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,19 +19,9 @@ from minigpt_ray.config import RunConfig as JobConfig
 from minigpt_ray.model import count_parameters, sample_text
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.prepare import PreparedRun, prepare_run, saved_tokenizer_dir
+from minigpt_ray.ray_cluster import connect_ray
 from minigpt_ray.tokenizer import save_tokenizer
 from minigpt_ray.train_worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
-
-
-def connect_ray(address: str) -> None:
-    """Join the cluster named by `address` or $RAY_ADDRESS (set by `ray job submit`); else start an embedded Ray."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count())
 
 
 def resolve_use_gpu(setting: str) -> bool:
@@ -141,6 +130,7 @@ def summarize(prepared: PreparedRun, state: dict, use_gpu: bool, wall_seconds: f
         "peak_rss_bytes_per_worker": state.get("peak_rss_bytes_per_worker"),
         "tensor_bytes_per_worker": state.get("tensor_bytes_per_worker"),
         "steady_tokens_per_s": state.get("steady_tokens_per_s"),
+        "steady_data_wait_fraction": state.get("steady_data_wait_fraction"),  # rank 0's share of step time
         "num_workers": train.num_workers, "use_gpu": use_gpu, "zero_stage": train.zero_stage,
         "partitioned_at_construction": state.get("partitioned_at_construction", False),
         "precision": train.precision, "model": prepared.cfg.model.name, "data": prepared.data.stats,

@@ -93,12 +93,14 @@ def _train_steps(ctx: dict) -> None:
     tokens_per_step = config["block_size"] * train_cfg["micro_batch_size"] * train_cfg["grad_accum_steps"] * ctx["world"]
     window = {"loss": 0.0, "n": 0, "start": time.perf_counter(), "steps": 0}
     # Steady-state throughput skips the first steps after (re)start: allocation, data pipeline start, lazy init.
-    steady = {"from_step": state["step"] + STEADY_AFTER_STEPS, "seconds": 0.0, "steps": 0}
+    steady = {"from_step": state["step"] + STEADY_AFTER_STEPS, "seconds": 0.0, "steps": 0, "data_seconds": 0.0}
     engine.train()
     while state["step"] < train_cfg["max_steps"]:
-        t0 = time.perf_counter()
+        t0, data_seconds = time.perf_counter(), 0.0
         for micro in range(train_cfg["grad_accum_steps"]):
+            t_data = time.perf_counter()
             input_ids = next(batches).to(ctx["device"])
+            data_seconds += time.perf_counter() - t_data  # waiting on this worker's Ray Data shard
             loss = engine(input_ids=input_ids, labels=input_ids).loss
             engine.backward(loss)
             if state["step"] + 1 == train_cfg["max_steps"] and micro + 1 == train_cfg["grad_accum_steps"]:
@@ -113,7 +115,9 @@ def _train_steps(ctx: dict) -> None:
         if state["step"] > steady["from_step"]:
             steady["seconds"] += time.perf_counter() - t0
             steady["steps"] += 1
+            steady["data_seconds"] += data_seconds
             state["steady_tokens_per_s"] = steady["steps"] * tokens_per_step / steady["seconds"]
+            state["steady_data_wait_fraction"] = steady["data_seconds"] / steady["seconds"]
         window["steps"] += 1
         wu.maybe_crash(config.get("crash_once"), state["step"], ctx["rank"])
         step = state["step"]

@@ -22,6 +22,9 @@ def ray_cluster():
     for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
         os.environ.setdefault(name, "1")
+    from minigpt_ray.ray_cluster import embedded_serve_env
+
+    embedded_serve_env()  # the same Serve ingress (HAProxy) as the jobs' embedded Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

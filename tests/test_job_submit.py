@@ -30,7 +30,9 @@ def _ray(args: list[str], env: dict, timeout: float = 120) -> subprocess.Complet
 def head_node(tmp_path):
     """A separate Ray head on its own ports (not 6379/8265), stopped by killing its process group afterwards:
     `ray stop` would also stop the session's embedded Ray."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    # A stock `ray start`: Serve's proxy ingress (the session's embedded Ray covers HAProxy ingress).
+    unset = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_SERVE_ENABLE_HA_PROXY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     dashboard_port = _free_port()
     log = open(tmp_path / "head.log", "w")
@@ -95,6 +97,7 @@ def test_job_submit_runs_finetune_sweep_and_serve_with_token_auth(head_node, tmp
                    "--cpus-per-replica", "0.5", "--max-replicas", "1"], env, timeout=600)
     logs = served.stdout + served.stderr
     assert served.returncode == 0 and "succeeded" in logs and "deployed on the cluster" in logs, logs[-4000:]
+    assert "ingress: Serve proxy" in logs  # read from the cluster's processes, not from this test's environment
     reply = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 8},
                           timeout=120)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1

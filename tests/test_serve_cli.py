@@ -70,6 +70,7 @@ def test_embedded_run_serves_until_ctrl_c(tiny_zh_model, tmp_path):
         while "[minigpt_ray] serving" not in (tmp_path / "serve.log").read_text():
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.5)
+        assert "ingress: HAProxy -> replicas" in (tmp_path / "serve.log").read_text()
         time.sleep(1)
         assert proc.poll() is None  # still serving: it blocks until interrupted
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends

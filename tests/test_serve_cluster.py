@@ -71,7 +71,9 @@ def stream(url: str, **body) -> list[dict]:
 
 def test_health_and_models(endpoint):
     url, _ = endpoint
-    assert requests.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+    health = requests.get(f"{url}/health", timeout=10).json()
+    # The embedded default ingress: HAProxy forwards to an HTTP server inside the replica (no proxy actor hop).
+    assert health["status"] == "ok" and health["ingress"] == "haproxy"
     models = requests.get(f"{url}/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["minigpt"]
 

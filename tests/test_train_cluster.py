@@ -31,6 +31,7 @@ def test_zero2_bf16_mixed_loss_goes_down_and_outputs_are_complete(ray_cluster, t
     assert metrics["steps"] == 30
     assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 0.5
     assert metrics["tokens_per_s"] > 0 and 0 < metrics["mfu"] < 1
+    assert metrics["steady_tokens_per_s"] > 0 and 0 <= metrics["steady_data_wait_fraction"] < 1
     on_disk = json.loads((output / "metrics.json").read_text())
     for key in ("initial_val_loss", "final_val_loss", "initial_val_ppl", "final_val_ppl", "steps", "tokens_per_s"):
         assert on_disk[key] == metrics[key]
