@@ -112,12 +112,13 @@ def main() -> None:
           f"{2 * args.micro_batch}, {args.steps} steps; matmul peak ({threads} threads): fp32 "
           f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = mean of the plain "
           "loop right before and right after each Ray run")
-    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain loop same precision, 1 process x "
-          f"{threads} threads | ratio | plain fp32 | vs plain fp32 | MFU |")
+    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain loop same precision, "
+          f"1 process x {threads} threads | ratio | plain fp32 | vs plain fp32 | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for precision, stage, tps, data_wait, plain_same, plain_fp32 in rows:
-        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | {tps / plain_same:.2f} | "
-              f"{plain_fp32:,.0f} | {tps / plain_fp32:.2f} | {flops_tok * tps / peak[precision]:.1%} |")
+        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | "
+              f"{tps / plain_same:.2f} | {plain_fp32:,.0f} | {tps / plain_fp32:.2f} | "
+              f"{flops_tok * tps / peak[precision]:.1%} |")
     if not args.no_memory:
         memory_table(args, work)
 

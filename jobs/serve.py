@@ -21,7 +21,8 @@ INGRESS = {"haproxy": "HAProxy -> replicas", "proxy": "Serve proxy (start Ray wi
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv, __doc__, ServeConfig)
-        from minigpt_ray.serve import cluster_ingress_mode, deploy, serve_until_interrupted  # late: --help stays instant
+        # late: --help and config errors stay instant
+        from minigpt_ray.serve import cluster_ingress_mode, deploy, serve_until_interrupted
 
         url = deploy(cfg)
     except ConfigError as err:

