@@ -2,8 +2,9 @@
 
   .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small] [--memory-only]
 
-Prints, per precision and ZeRO stage, the steady tokens/s, data-wait share and MFU of the Ray path (2 workers x 1
-thread) and of a plain single-process loop (all threads) in the same precision and in fp32, each measured right
+Prints, per precision, ZeRO stage and compile setting, the steady tokens/s, data-wait share and MFU of the Ray path
+(2 workers x 1 thread) and of a plain single-process loop (all threads) running the same model code (same loss, same
+compile) in the same precision and in fp32, plus an ordinary fp32 loop (HF's own loss, eager), each measured right
 before and right after the Ray run; their ratios; then model-state memory per worker for ZeRO 0-3 on a larger
 model. MFU uses a matmul peak measured in the same run.
 """
@@ -15,10 +16,12 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from minigpt_ray.config import RunConfig
+from minigpt_ray.loss import use_training_loss
 from minigpt_ray.model import attention_for, build_model, count_parameters, flops_per_token
 from minigpt_ray.prepare import prepare_run
 from minigpt_ray.train_utils import measure_matmul_flops
@@ -40,16 +43,18 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int) -> 
     return cfg.validate()
 
 
-def plain_loop(prepared, precision: str, steps: int, threads: int) -> float:
-    """tokens/s of an ordinary single-process loop: AdamW, autocast for bf16, same model, data and batch."""
+def plain_loop(prepared, precision: str, fused: bool, compile: bool, steps: int, threads: int) -> float:
+    """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data and batch; `fused`/`compile`
+    route its forward through the same training loss / torch.compile as the Ray workers (off: HF's own loss)."""
     torch.set_num_threads(threads)
     precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
     worker_cfg = prepared.worker_config(1)
     model = build_model(worker_cfg["model"], attention_for("cpu"))
+    use_training_loss(model, fused=fused, compile=compile)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers  # same global batch
     blocks = torch.from_numpy(prepared.data.train).long()
-    warmup, timed = 3, 0.0
+    warmup, timed = 3 + 2 * compile, 0.0  # compiled: the first steps compile (cached after the first loop)
     for step in range(steps + warmup):
         batch = blocks[(step * micro) % (len(blocks) - micro):][:micro]
         t0 = time.perf_counter()
@@ -79,8 +84,10 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--memory-only", action="store_true", help="only the ZeRO 0-3 memory table (~4 min)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
-    parser.add_argument("--configs", default="fp32:2,bf16:2,bf16-mixed:0,bf16-mixed:1,bf16-mixed:2,bf16-mixed:3",
-                        help="precision:zero-stage pairs to run through Ray Train")
+    parser.add_argument("--configs", default="fp32:2,bf16:2,bf16-mixed:0,bf16-mixed:1,bf16-mixed:2,bf16-mixed:3,"
+                        "fp32:2:compile,bf16:2:compile,bf16-mixed:2:compile",
+                        help="precision:zero-stage[:compile] entries to run through Ray Train")
+    parser.add_argument("--no-fused-loss", action="store_true", help="HF's own loss in the Ray and plain runs")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -94,38 +101,55 @@ def main() -> None:
     peak["bf16"] = peak["bf16-mixed"]
     model = build_model(prepared.worker_config(1)["model"], attention_for("cpu"))
     flops_tok = flops_per_token(model.config, count_parameters(model), args.block_size)
+    fused = not args.no_fused_loss
     rows = []
-    for precision, stage in configs(args.configs):
-        # Each Ray run sits between two plain runs in the same precision (and two plain fp32 runs): this machine's
-        # speed drifts by 2x over minutes, so a ratio is only meaningful against measurements taken around it.
-        plain = {"fp32": [plain_loop(prepared, "fp32", args.steps, threads)]}
-        if precision != "fp32":
-            plain[precision] = [plain_loop(prepared, precision, args.steps, threads)]
-        run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}", args.block_size, args.micro_batch)
-        run.train.precision, run.train.zero_stage = precision, stage
+    for precision, stage, compile in configs(args.configs):
+        # Each Ray run sits between two plain runs of each baseline: this machine's speed drifts by 2x over
+        # minutes, so a ratio is only meaningful against measurements taken around it.
+        baselines = {"same": (precision, fused, compile), "fp32": ("fp32", fused, compile),
+                     "ordinary": ("fp32", False, False)}
+        plain = {name: [plain_loop(prepared, *spec, args.steps, threads)] for name, spec in baselines.items()}
+        run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
+                          args.micro_batch)
+        run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
+        run.train.fused_loss = fused
         m = ray_run(run)
-        for p in reversed(list(plain)):
-            plain[p].append(plain_loop(prepared, p, args.steps, threads))
-        rows.append((precision, stage, m["steady_tokens_per_s"], m["steady_data_wait_fraction"],
-                     sum(plain[precision]) / 2, sum(plain["fp32"]) / 2))  # both skip their warm-up steps
+        for name in reversed(list(baselines)):
+            plain[name].append(plain_loop(prepared, *baselines[name], args.steps, threads))
+        rows.append((f"{precision}, ZeRO-{stage}{', compiled' if compile else ''}", precision,
+                     m["steady_tokens_per_s"], m["steady_data_wait_fraction"],
+                     *(sum(plain[name]) / 2 for name in baselines)))  # all skip their warm-up steps
+    print(f"\nCPU: {cpu_description()}; bf16/fp32 matmul peak ratio {peak['bf16'] / peak['fp32']:.2f}")
     print(f"\nmodel {args.model}: {count_parameters(model) / 1e6:.1f}M params, block {args.block_size}, global batch "
-          f"{2 * args.micro_batch}, {args.steps} steps; matmul peak ({threads} threads): fp32 "
-          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = mean of the plain "
-          "loop right before and right after each Ray run")
-    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain loop same precision, "
-          f"1 process x {threads} threads | ratio | plain fp32 | vs plain fp32 | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
-    for precision, stage, tps, data_wait, plain_same, plain_fp32 in rows:
-        print(f"| {precision}, ZeRO-{stage} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | "
-              f"{tps / plain_same:.2f} | {plain_fp32:,.0f} | {tps / plain_fp32:.2f} | "
+          f"{2 * args.micro_batch}, {args.steps} steps, {'fused chunked' if fused else 'HF'} loss; matmul peak "
+          f"({threads} threads): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = "
+          "mean of the plain loop right before and right after each Ray run, same loss and compile setting; "
+          "ordinary = plain fp32 with HF's loss, eager")
+    print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain, same precision, "
+          f"1 process x {threads} threads | ratio | plain fp32 | vs plain fp32 | ordinary fp32 | vs ordinary | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, precision, tps, data_wait, plain_same, plain_fp32, ordinary in rows:
+        print(f"| {label} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | {tps / plain_same:.2f} | "
+              f"{plain_fp32:,.0f} | {tps / plain_fp32:.2f} | {ordinary:,.0f} | {tps / ordinary:.2f} | "
               f"{flops_tok * tps / peak[precision]:.1%} |")
     if not args.no_memory:
         memory_table(args, work)
 
 
-def configs(spec: str) -> list[tuple[str, int]]:
-    """"fp32:2,bf16-mixed:0" -> [("fp32", 2), ("bf16-mixed", 0)]."""
-    return [(item.split(":")[0], int(item.split(":")[1])) for item in spec.split(",") if item]
+def cpu_description() -> str:
+    """CPU model and its bf16 matmul unit: AMX tiles (Intel Sapphire Rapids on) reach several times fp32; AVX-512
+    BF16 alone (e.g. AMD Zen 4) at most 2x, which bounds any bf16 training speed-up on that machine."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    unit = "AMX" if "amx_bf16" in flags else "AVX-512 BF16 (no AMX)" if "avx512_bf16" in flags else "no bf16 unit"
+    return f"{model}, bf16 matmuls on {unit}"
+
+
+def configs(spec: str) -> list[tuple[str, int, bool]]:
+    """"fp32:2,bf16-mixed:2:compile" -> [("fp32", 2, False), ("bf16-mixed", 2, True)]."""
+    entries = [item.split(":") for item in spec.split(",") if item]
+    return [(e[0], int(e[1]), e[2:] == ["compile"]) for e in entries]
 
 
 def memory_table(args, work: str) -> None:

@@ -133,6 +133,7 @@ def summarize(prepared: PreparedRun, state: dict, use_gpu: bool, wall_seconds: f
         "steady_data_wait_fraction": state.get("steady_data_wait_fraction"),  # rank 0's share of step time
         "num_workers": train.num_workers, "use_gpu": use_gpu, "zero_stage": train.zero_stage,
         "partitioned_at_construction": state.get("partitioned_at_construction", False),
+        "fused_loss": state.get("fused_loss", False), "compiled": state.get("compiled", False),
         "precision": train.precision, "model": prepared.cfg.model.name, "data": prepared.data.stats,
         "history": history, "train_curve": state.get("train_curve", []),
     }

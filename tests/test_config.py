@@ -21,6 +21,7 @@ def test_defaults_validate():
     (["--precision", "fp16", "--use-gpu", "false"], "train.precision"),
     (["--txt-split", "sentence"], "data.txt_split"),
     (["--output", "s3://bucket/run"], "output"),
+    (["--compile", "true", "--zero-stage", "3"], "train.compile"),
 ])
 def test_invalid_values_name_the_field(argv, field):
     with pytest.raises(ConfigError) as err:

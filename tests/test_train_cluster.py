@@ -23,12 +23,13 @@ def _latest_checkpoint(output: Path) -> Path:
     return max(folders, key=lambda p: p.stat().st_mtime)
 
 
-def test_zero2_bf16_mixed_loss_goes_down_and_outputs_are_complete(ray_cluster, tmp_path):
+def test_zero2_bf16_mixed_compiled_loss_goes_down_and_outputs_are_complete(ray_cluster, tmp_path):
     output = tmp_path / "z2"
-    cfg = tiny_run_config(output, zero_stage=2, precision="bf16-mixed")
+    cfg = tiny_run_config(output, zero_stage=2, precision="bf16-mixed", compile=True)
     cfg.sample_prompt = "ROMEO."
     metrics = run_training(cfg)
     assert metrics["steps"] == 30
+    assert metrics["fused_loss"] and metrics["compiled"]  # the chunked loss on a torch.compile'd decoder
     assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 0.5
     assert metrics["tokens_per_s"] > 0 and 0 < metrics["mfu"] < 1
     assert metrics["steady_tokens_per_s"] > 0 and 0 <= metrics["steady_data_wait_fraction"] < 1
