@@ -129,15 +129,15 @@ def cluster_peak_flops(config: dict, device: torch.device, world: int) -> float:
     return total.item()
 
 
-def full_state_dict(model: torch.nn.Module, zero_stage: int, rank: int) -> dict | None:
-    """Full fp32 weights of the HF model the engine trains, on rank 0 (None elsewhere). Under ZeRO-3 every rank
-    must join the gather."""
+def full_state_dict(engine, zero_stage: int, rank: int) -> dict | None:
+    """Full fp32 weights on rank 0 (None elsewhere). Under ZeRO-3 every rank must join the gather."""
     import deepspeed
 
+    params = list(engine.module.parameters())
     if zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            return _cpu_fp32_state(model) if rank == 0 else None
-    return _cpu_fp32_state(model) if rank == 0 else None
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return _cpu_fp32_state(engine.module) if rank == 0 else None
+    return _cpu_fp32_state(engine.module) if rank == 0 else None
 
 
 def _cpu_fp32_state(module: torch.nn.Module) -> dict:

@@ -70,8 +70,8 @@ def train_loop_per_worker(config: dict) -> None:
     state["partitioned_at_construction"] = partitioned
     state["fused_loss"], state["compiled"] = fused, config["train"]["compile"]
     peak_flops = wu.cluster_peak_flops(config, device, world)
-    flops_tok = flops_per_token(model.config, n_params, config["block_size"])
-    context = dict(engine=engine, model=model, config=config, rank=rank, world=world, device=device, state=state,
+    flops_tok = flops_per_token(engine.module.config, n_params, config["block_size"])
+    context = dict(engine=engine, config=config, rank=rank, world=world, device=device, state=state,
                    flops_tok=flops_tok, peak_flops=peak_flops)
     if state["step"] >= config["train"]["max_steps"]:
         wu.log(rank, "run already finished: its final checkpoint holds the model")
@@ -155,9 +155,9 @@ def _evaluate_and_record(ctx: dict) -> None:
     config, state = ctx["config"], ctx["state"]
     mine, padding = wu.rank_batches(ray.train.get_dataset_shard("val"), config["train"]["micro_batch_size"],
                                     config["train"]["eval_batches"], ctx["rank"], ctx["world"])
-    total_nll, total_tokens = nll_sums(ctx["model"], mine, ctx["device"])
+    total_nll, total_tokens = nll_sums(ctx["engine"].module, mine, ctx["device"])
     # Every rank runs the same number of forwards: under ZeRO-3 each forward gathers parameters collectively.
-    nll_sums(ctx["model"], padding, ctx["device"])
+    nll_sums(ctx["engine"].module, padding, ctx["device"])
     sums = torch.tensor([total_nll, float(total_tokens)], dtype=torch.float64, device=ctx["device"])
     dist.all_reduce(sums)
     val_loss, val_ppl = loss_and_perplexity(sums[0].item(), int(sums[1].item()))
@@ -183,12 +183,12 @@ def _report(ctx: dict, final: bool) -> None:
     state["tensor_bytes_per_worker"] = [m[1] for m in memory]
     with tempfile.TemporaryDirectory(prefix="minigpt-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=DS_TAG)
-        full_state = wu.full_state_dict(ctx["model"], ctx["config"]["deepspeed"]["zero_optimization"]["stage"],
-                                        rank) if final else None
+        full_state = wu.full_state_dict(engine, ctx["config"]["deepspeed"]["zero_optimization"]["stage"], rank) \
+            if final else None
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             if final:
-                wu.save_hf_model(ctx["model"].config, full_state, Path(tmp) / HF_MODEL_DIR)
+                wu.save_hf_model(engine.module.config, full_state, Path(tmp) / HF_MODEL_DIR)
         # Ray names the directory (by time), so a step redone after a restart never lands on an existing one.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     if not math.isfinite(metrics.get("val_loss", 0.0)):
