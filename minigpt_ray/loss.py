@@ -2,9 +2,10 @@
 
 HF's `model(input_ids, labels=...)` builds the full logits, upcasts them to fp32 and runs cross-entropy over them:
 for a mini GPT that tensor (4,096 tokens x 4k vocab = 16M floats per micro-batch), its log-softmax backward and the
-casts and fills around them were ~25% of a CPU bf16 step (profiled), and they do not get faster in bf16. `ChunkedLinearCrossEntropy` runs the
-LM-head matmul, log-softmax and the gradients for a few hundred rows at a time while they sit in cache (the
-technique of Liger-Kernel's fused linear cross-entropy, here in plain PyTorch so it runs on CPU and GPU alike).
+casts and fills around them were ~25% of a CPU bf16 step (profiled), and they do not get faster in bf16.
+`ChunkedLinearCrossEntropy` runs the LM-head matmul, log-softmax and the gradients for a few hundred rows at a time
+while they sit in cache (the technique of Liger-Kernel's fused linear cross-entropy, here in plain PyTorch so it
+runs on CPU and GPU alike).
 """
 
 from __future__ import annotations

@@ -142,12 +142,20 @@ def test_a_timed_out_request_leaves_the_batch(zh):
 
     async def scenario():
         engine = DecodeEngine(model, tokenizer, max_batch_size=4)
-        timed_out = asyncio.wait_for(collect(engine, slow), timeout=0.02)
-        outcome, other_chunks = await asyncio.gather(timed_out, collect(engine, other), return_exceptions=True)
+        slow_task = asyncio.get_running_loop().create_task(collect(engine, slow))
+        other_chunks = []
+        async for chunk in engine.generate(other):
+            other_chunks.append(chunk)
+            if len(other_chunks) == 3:
+                # What the replica's timeout does (asyncio.wait_for cancels the waiting task), at a point fixed by
+                # decode steps rather than wall time: a 20 ms timeout raced a tiny model's 20 steps on fast CPUs.
+                slow_task.cancel()
+        outcome = (await asyncio.gather(slow_task, return_exceptions=True))[0]
         return outcome, other_chunks, engine
 
     outcome, other_chunks, engine = asyncio.run(scenario())
-    assert isinstance(outcome, asyncio.TimeoutError)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert other_chunks[0].batch_size == 2  # the two requests shared the batch before the cancel
     assert other_chunks[-1].batch_size == 1 and engine.batch is None
     assert "".join(c.text for c in other_chunks) == solo_text(model, tokenizer, other)
 
