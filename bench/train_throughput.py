@@ -1,10 +1,12 @@
 """Training throughput and memory of the Ray Train + DeepSpeed path against a plain PyTorch loop, same run.
 
   .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small] [--memory-only]
+      [--configs fp32:2,bf16-mixed:2:compile] [--block-size 256] [--grad-accum 4]
 
 Prints, per precision, ZeRO stage and compile setting, the steady tokens/s, data-wait share and MFU of the Ray path
 (2 workers x 1 thread) and of a plain single-process loop (all threads) running the same model code (same loss, same
-compile) in the same precision and in fp32, plus an ordinary fp32 loop (HF's own loss, eager), each measured right
+compile, same AdamW kernel, same gradient accumulation) in the same precision and in fp32, plus an ordinary fp32
+loop (HF's own loss, torch's default AdamW, eager), each measured right
 before and right after the Ray run; their ratios; then model-state memory per worker for ZeRO 0-3 on a larger
 model. MFU uses a matmul peak measured in the same run.
 """
@@ -27,7 +29,7 @@ from minigpt_ray.prepare import prepare_run
 from minigpt_ray.train_utils import measure_matmul_flops
 
 
-def base_config(model: str, steps: int, output: str, block: int, micro: int) -> RunConfig:
+def base_config(model: str, steps: int, output: str, block: int, micro: int, accum: int = 1) -> RunConfig:
     cfg = RunConfig(output=output, sample_prompt="")
     cfg.model.name = model
     cfg.model.vocab_size = 4096
@@ -36,37 +38,40 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int) -> 
     cfg.data.block_size = block
     cfg.data.tokenizer_train_chars = 400_000
     t = cfg.train
-    t.max_steps, t.warmup_steps, t.micro_batch_size = steps, 2, micro
+    t.max_steps, t.warmup_steps, t.micro_batch_size, t.grad_accum_steps = steps, 2, micro, accum
     t.eval_every = t.checkpoint_every = 10**6
     t.eval_batches, t.log_every = 2, 10
     t.checkpoint_every = steps  # the final checkpoint only
     return cfg.validate()
 
 
-def plain_loop(prepared, precision: str, fused: bool, compile: bool, steps: int, threads: int) -> float:
-    """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data and batch; `fused`/`compile`
-    route its forward through the same training loss / torch.compile as the Ray workers (off: HF's own loss)."""
+def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int, threads: int) -> float:
+    """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data, batch and gradient
+    accumulation; `fused`/`compile` route its forward through the same training loss / torch.compile as the Ray
+    workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default)."""
     torch.set_num_threads(threads)
     precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
     worker_cfg = prepared.worker_config(1)
     model = build_model(worker_cfg["model"], attention_for("cpu"))
     use_training_loss(model, fused=fused, compile=compile)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused_opt or None)
     micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers  # same global batch
+    accum = prepared.cfg.train.grad_accum_steps
     blocks = torch.from_numpy(prepared.data.train).long()
     warmup, timed = 3 + 2 * compile, 0.0  # compiled: the first steps compile (cached after the first loop)
     for step in range(steps + warmup):
-        batch = blocks[(step * micro) % (len(blocks) - micro):][:micro]
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
+        for i in range(accum):
+            batch = blocks[((step * accum + i) * micro) % (len(blocks) - micro):][:micro]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
+                loss = model(input_ids=batch, labels=batch).loss / accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step >= warmup:
             timed += time.perf_counter() - t0
-    return steps * micro * blocks.shape[1] / timed
+    return steps * accum * micro * blocks.shape[1] / timed
 
 
 def ray_run(cfg: RunConfig) -> dict:
@@ -82,37 +87,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (Ray and plain)")
     parser.add_argument("--memory-only", action="store_true", help="only the ZeRO 0-3 memory table (~4 min)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
     parser.add_argument("--configs", default="fp32:2,bf16:2,bf16-mixed:0,bf16-mixed:1,bf16-mixed:2,bf16-mixed:3,"
                         "fp32:2:compile,bf16:2:compile,bf16-mixed:2:compile",
                         help="precision:zero-stage[:compile] entries to run through Ray Train")
     parser.add_argument("--no-fused-loss", action="store_true", help="HF's own loss in the Ray and plain runs")
+    parser.add_argument("--no-fused-optimizer", action="store_true",
+                        help="torch's default AdamW instead of its fused kernel in the Ray and plain runs")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
     if args.memory_only:
         memory_table(args, work)
         return
-    cfg = base_config(args.model, args.steps, f"{work}/probe", args.block_size, args.micro_batch)
+    cfg = base_config(args.model, args.steps, f"{work}/probe", args.block_size, args.micro_batch, args.grad_accum)
     prepared = prepare_run(cfg)
     peak = {p: measure_matmul_flops(torch.bfloat16 if p != "fp32" else torch.float32, torch.device("cpu"), 1.0)
             for p in ("fp32", "bf16-mixed")}
     peak["bf16"] = peak["bf16-mixed"]
     model = build_model(prepared.worker_config(1)["model"], attention_for("cpu"))
     flops_tok = flops_per_token(model.config, count_parameters(model), args.block_size)
-    fused = not args.no_fused_loss
+    fused, fused_opt = not args.no_fused_loss, not args.no_fused_optimizer
     rows = []
     for precision, stage, compile in configs(args.configs):
         # Each Ray run sits between two plain runs of each baseline: this machine's speed drifts by 2x over
         # minutes, so a ratio is only meaningful against measurements taken around it.
-        baselines = {"same": (precision, fused, compile), "fp32": ("fp32", fused, compile),
-                     "ordinary": ("fp32", False, False)}
+        baselines = {"same": (precision, fused, compile, fused_opt), "fp32": ("fp32", fused, compile, fused_opt),
+                     "ordinary": ("fp32", False, False, False)}
         plain = {name: [plain_loop(prepared, *spec, args.steps, threads)] for name, spec in baselines.items()}
         run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
-                          args.micro_batch)
+                          args.micro_batch, args.grad_accum)
         run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
-        run.train.fused_loss = fused
+        run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
         m = ray_run(run)
         for name in reversed(list(baselines)):
             plain[name].append(plain_loop(prepared, *baselines[name], args.steps, threads))
@@ -121,10 +129,11 @@ def main() -> None:
                      *(sum(plain[name]) / 2 for name in baselines)))  # all skip their warm-up steps
     print(f"\nCPU: {cpu_description()}; bf16/fp32 matmul peak ratio {peak['bf16'] / peak['fp32']:.2f}")
     print(f"\nmodel {args.model}: {count_parameters(model) / 1e6:.1f}M params, block {args.block_size}, global batch "
-          f"{2 * args.micro_batch}, {args.steps} steps, {'fused chunked' if fused else 'HF'} loss; matmul peak "
+          f"{2 * args.micro_batch * args.grad_accum} ({args.grad_accum} micro-batches), {args.steps} steps, "
+          f"{'fused chunked' if fused else 'HF'} loss, {'fused' if fused_opt else 'default'} AdamW; matmul peak "
           f"({threads} threads): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = "
           "mean of the plain loop right before and right after each Ray run, same loss and compile setting; "
-          "ordinary = plain fp32 with HF's loss, eager")
+          "ordinary = plain fp32 with HF's loss and torch's default AdamW, eager")
     print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain, same precision, "
           f"1 process x {threads} threads | ratio | plain fp32 | vs plain fp32 | ordinary fp32 | vs ordinary | MFU |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -9,7 +9,8 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict:
     """Optimizer, LR schedule, precision and ZeRO settings for `world_size` data-parallel ranks.
 
     Precision: fp32; bf16-mixed (torch.autocast inside the engine); bf16 (DeepSpeed bf16 weights + fp32 master);
-    fp16 (loss-scaled). AdamW runs as torch's implementation (`torch_adam`) so no DeepSpeed op has to be compiled on CPU machines;
+    fp16 (loss-scaled). AdamW runs as torch's implementation (`torch_adam`, fused kernel by default: DeepSpeed passes
+    `fused` through to torch.optim.AdamW) so no DeepSpeed op has to be compiled on CPU machines;
     WarmupCosineLR gives linear warmup then cosine decay to lr·min_lr_ratio over max_steps optimizer steps.
     """
     zero: dict = {"stage": train.zero_stage}
@@ -31,7 +32,7 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict:
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": train.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": train.weight_decay,
-                       "torch_adam": True},
+                       "torch_adam": True, "fused": train.fused_optimizer},
         },
         "scheduler": {
             "type": "WarmupCosineLR",

@@ -134,6 +134,7 @@ def summarize(prepared: PreparedRun, state: dict, use_gpu: bool, wall_seconds: f
         "num_workers": train.num_workers, "use_gpu": use_gpu, "zero_stage": train.zero_stage,
         "partitioned_at_construction": state.get("partitioned_at_construction", False),
         "fused_loss": state.get("fused_loss", False), "compiled": state.get("compiled", False),
+        "fused_optimizer": state.get("fused_optimizer", False),
         "precision": train.precision, "model": prepared.cfg.model.name, "data": prepared.data.stats,
         "history": history, "train_curve": state.get("train_curve", []),
     }

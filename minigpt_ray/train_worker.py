@@ -69,6 +69,8 @@ def train_loop_per_worker(config: dict) -> None:
     # Recorded for metrics.json: ZeRO-3 parameters are DeepSpeed-partitioned from construction on.
     state["partitioned_at_construction"] = partitioned
     state["fused_loss"], state["compiled"] = fused, config["train"]["compile"]
+    # What DeepSpeed actually built (its ZeRO wrapper holds torch's AdamW as basic_optimizer).
+    state["fused_optimizer"] = bool(engine.basic_optimizer.defaults.get("fused"))
     peak_flops = wu.cluster_peak_flops(config, device, world)
     flops_tok = flops_per_token(engine.module.config, n_params, config["block_size"])
     context = dict(engine=engine, config=config, rank=rank, world=world, device=device, state=state,

@@ -15,6 +15,9 @@ def test_dict_follows_the_typed_config():
     assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
     assert ds["gradient_clipping"] == 0.5
     assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert ds["optimizer"]["params"]["fused"] is True
+    t.fused_optimizer = False
+    assert build_deepspeed_config(t, world_size=2)["optimizer"]["params"]["fused"] is False
     sched = ds["scheduler"]["params"]
     assert (sched["total_num_steps"], sched["warmup_num_steps"], sched["cos_min_ratio"]) == (100, 10, 0.2)
 

@@ -30,6 +30,7 @@ def test_zero2_bf16_mixed_compiled_loss_goes_down_and_outputs_are_complete(ray_c
     metrics = run_training(cfg)
     assert metrics["steps"] == 30
     assert metrics["fused_loss"] and metrics["compiled"]  # the chunked loss on a torch.compile'd decoder
+    assert metrics["fused_optimizer"]  # DeepSpeed built torch's fused AdamW kernel from the config
     assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 0.5
     assert metrics["tokens_per_s"] > 0 and 0 < metrics["mfu"] < 1
     assert metrics["steady_tokens_per_s"] > 0 and 0 <= metrics["steady_data_wait_fraction"] < 1
@@ -60,6 +61,7 @@ def test_zero3_fp32_consolidated_model_matches_trained_weights(ray_cluster, tmp_
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5)
     assert metrics["partitioned_at_construction"]  # built inside zero.Init: no worker held the full model
+    assert metrics["fused_optimizer"]  # also under ZeRO-3's partitioned fp32 optimizer state
     # (loading a pretrained directory into ZeRO-3 partitions is checked by the pipeline test's fine-tune stage)
 
 
