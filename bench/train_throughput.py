@@ -45,7 +45,8 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int, acc
     return cfg.validate()
 
 
-def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int, threads: int) -> float:
+def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int,
+               threads: int) -> float:
     """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data, batch and gradient
     accumulation; `fused`/`compile` route its forward through the same training loss / torch.compile as the Ray
     workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default)."""

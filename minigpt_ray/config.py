@@ -109,7 +109,8 @@ class TrainConfig:
     loss). The same loss; measured faster on CPU in fp32 and bf16, and the full logits are never held in memory."""
     fused_optimizer: bool = True
     """Run AdamW as torch's fused kernel (one pass over each parameter tensor, on CPU and GPU) instead of one op
-    per update term; the same update. Measured on one CPU thread: 4.9 vs 19-23 ms per step (torch's for-loop and foreach kernels) for 4.5M parameters."""
+    per update term; the same update. Measured on one CPU thread: 4.9 vs 19-23 ms per step (torch's for-loop and
+    foreach kernels) for 4.5M parameters."""
     compile: bool = False
     """torch.compile the training forward (ZeRO 0-2): its first step compiles (~40-90 s on CPU, cached between runs),
     later steps fuse the elementwise work that bf16 does not speed up. Evaluation and export stay eager."""
