@@ -6,7 +6,8 @@
 Prints, per precision, ZeRO stage and compile setting, the steady tokens/s, data-wait share and MFU of the Ray path
 (2 workers x 1 thread) and of a plain single-process loop (all threads) running the same model code (same loss, same
 compile, same AdamW kernel, same gradient accumulation) in the same precision and in fp32, plus an ordinary fp32
-loop (HF's own loss, torch's default AdamW, eager), each measured right
+loop (HF's own loss, torch's default AdamW, eager), and a pair of 1-thread processes running the same-code loop
+on half the batch each at once with no communication (the ceiling for two 1-thread workers), each measured right
 before and right after the Ray run; their ratios; then model-state memory per worker for ZeRO 0-3 on a larger
 model. MFU uses a matmul peak measured in the same run.
 """
@@ -14,6 +15,7 @@ model. MFU uses a matmul peak measured in the same run.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -46,21 +48,24 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int, acc
 
 
 def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int,
-               threads: int) -> float:
+               threads: int, share: int = 1, barrier=None) -> float:
     """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data, batch and gradient
     accumulation; `fused`/`compile` route its forward through the same training loss / torch.compile as the Ray
-    workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default)."""
+    workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default). With
+    `share` > 1 it runs 1/share of the global batch (one of `share` processes that start timing at `barrier`)."""
     torch.set_num_threads(threads)
     precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
     worker_cfg = prepared.worker_config(1)
     model = build_model(worker_cfg["model"], attention_for("cpu"))
     use_training_loss(model, fused=fused, compile=compile)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused_opt or None)
-    micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers  # same global batch
+    micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers // share  # same global batch
     accum = prepared.cfg.train.grad_accum_steps
     blocks = torch.from_numpy(prepared.data.train).long()
     warmup, timed = 3 + 2 * compile, 0.0  # compiled: the first steps compile (cached after the first loop)
     for step in range(steps + warmup):
+        if barrier is not None and step == warmup:
+            barrier.wait()
         t0 = time.perf_counter()
         for i in range(accum):
             batch = blocks[((step * accum + i) * micro) % (len(blocks) - micro):][:micro]
@@ -73,6 +78,26 @@ def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: 
         if step >= warmup:
             timed += time.perf_counter() - t0
     return steps * accum * micro * blocks.shape[1] / timed
+
+
+def _pair_member(queue, barrier, args) -> None:
+    queue.put(plain_loop(*args, threads=1, share=2, barrier=barrier))
+
+
+def plain_pair(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int) -> float:
+    """Summed tokens/s of two single-thread processes, each running half the global batch through the plain loop
+    at the same time, with no communication: the most two 1-thread data-parallel workers can get on this machine
+    (shared caches, memory bandwidth, SMT siblings), so Ray over this isolates Ray Train + DeepSpeed's own cost."""
+    ctx = multiprocessing.get_context("spawn")
+    queue, barrier = ctx.Queue(), ctx.Barrier(2)
+    args = (prepared, precision, fused, compile, fused_opt, steps)
+    members = [ctx.Process(target=_pair_member, args=(queue, barrier, args)) for _ in range(2)]
+    for member in members:
+        member.start()
+    total = queue.get() + queue.get()
+    for member in members:
+        member.join()
+    return total
 
 
 def ray_run(cfg: RunConfig) -> dict:
@@ -118,32 +143,43 @@ def main() -> None:
         baselines = {"same": (precision, fused, compile, fused_opt), "fp32": ("fp32", fused, compile, fused_opt),
                      "ordinary": ("fp32", False, False, False)}
         plain = {name: [plain_loop(prepared, *spec, args.steps, threads)] for name, spec in baselines.items()}
+        pair = [plain_pair(prepared, *baselines["same"], args.steps)]
         run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
                           args.micro_batch, args.grad_accum)
         run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
         run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
         m = ray_run(run)
+        pair.append(plain_pair(prepared, *baselines["same"], args.steps))
         for name in reversed(list(baselines)):
             plain[name].append(plain_loop(prepared, *baselines[name], args.steps, threads))
         rows.append((f"{precision}, ZeRO-{stage}{', compiled' if compile else ''}", precision,
                      m["steady_tokens_per_s"], m["steady_data_wait_fraction"],
-                     *(sum(plain[name]) / 2 for name in baselines)))  # all skip their warm-up steps
+                     *(sum(plain[name]) / 2 for name in baselines), sum(pair) / 2))  # all skip their warm-up steps
+    print_throughput_table(args, rows, peak, flops_tok, fused, fused_opt, threads, count_parameters(model))
+    if not args.no_memory:
+        memory_table(args, work)
+
+
+def print_throughput_table(args, rows: list, peak: dict, flops_tok: float, fused: bool, fused_opt: bool,
+                           threads: int, n_params: int) -> None:
     print(f"\nCPU: {cpu_description()}; bf16/fp32 matmul peak ratio {peak['bf16'] / peak['fp32']:.2f}")
-    print(f"\nmodel {args.model}: {count_parameters(model) / 1e6:.1f}M params, block {args.block_size}, global batch "
+    print(f"\nmodel {args.model}: {n_params / 1e6:.1f}M params, block {args.block_size}, global batch "
           f"{2 * args.micro_batch * args.grad_accum} ({args.grad_accum} micro-batches), {args.steps} steps, "
           f"{'fused chunked' if fused else 'HF'} loss, {'fused' if fused_opt else 'default'} AdamW; matmul peak "
           f"({threads} threads): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = "
           "mean of the plain loop right before and right after each Ray run, same loss and compile setting; "
+          "pair = two such 1-thread processes on half the batch each at once, no communication; "
           "ordinary = plain fp32 with HF's loss and torch's default AdamW, eager")
     print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain, same precision, "
-          f"1 process x {threads} threads | ratio | plain fp32 | vs plain fp32 | ordinary fp32 | vs ordinary | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for label, precision, tps, data_wait, plain_same, plain_fp32, ordinary in rows:
+          f"1 process x {threads} threads | ratio | pair, 2 processes x 1 thread | pair/plain | Ray/pair | "
+          "plain fp32 | vs plain fp32 | ordinary fp32 | vs ordinary | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, precision, tps, data_wait, plain_same, plain_fp32, ordinary, pair in rows:
         print(f"| {label} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | {tps / plain_same:.2f} | "
+              f"{pair:,.0f} | {pair / plain_same:.2f} | {tps / pair:.2f} | "
               f"{plain_fp32:,.0f} | {tps / plain_fp32:.2f} | {ordinary:,.0f} | {tps / ordinary:.2f} | "
               f"{flops_tok * tps / peak[precision]:.1%} |")
-    if not args.no_memory:
-        memory_table(args, work)
+    sys.stdout.flush()
 
 
 def cpu_description() -> str:
