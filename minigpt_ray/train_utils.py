@@ -133,9 +133,8 @@ def full_state_dict(engine, zero_stage: int, rank: int) -> dict | None:
     """Full fp32 weights on rank 0 (None elsewhere). Under ZeRO-3 every rank must join the gather."""
     import deepspeed
 
-    params = list(engine.module.parameters())
     if zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
             return _cpu_fp32_state(engine.module) if rank == 0 else None
     return _cpu_fp32_state(engine.module) if rank == 0 else None
 
