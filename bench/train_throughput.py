@@ -1,31 +1,32 @@
-"""Training throughput and memory of the Ray Train + DeepSpeed path against a plain PyTorch loop, same run.
+"""Training throughput and memory of the Ray Train + DeepSpeed path against plain PyTorch, same run.
 
   .venv/bin/python bench/train_throughput.py [--model gpt-micro] [--steps 30] [--memory-model gpt-small] [--memory-only]
-      [--configs fp32:2,bf16-mixed:2:compile] [--block-size 256] [--grad-accum 4]
+      [--configs fp32:2,bf16-mixed:2:compile] [--block-size 256] [--grad-accum 4] [--ray-background]
 
 Prints, per precision, ZeRO stage and compile setting, the steady tokens/s, data-wait share and MFU of the Ray path
-(2 workers x 1 thread) and of a plain single-process loop (all threads) running the same model code (same loss, same
-compile, same AdamW kernel, same gradient accumulation) in the same precision and in fp32, plus an ordinary fp32
-loop (HF's own loss, torch's default AdamW, eager), and a pair of 1-thread processes running the same-code loop
-on half the batch each at once with no communication (the ceiling for two 1-thread workers), each measured right
-before and right after the Ray run; their ratios; then model-state memory per worker for ZeRO 0-3 on a larger
-model. MFU uses a matmul peak measured in the same run.
+(2 workers x 1 thread) against baselines (bench/baselines.py) each measured right before and right after the Ray
+run: a plain single-process loop (all threads) running the same model code (same loss, compile, AdamW kernel and
+gradient accumulation) in the same precision and in fp32; an ordinary fp32 loop (HF's own loss, torch's default
+AdamW, eager); a pair of 1-thread processes running the same-code loop on half the batch each at once with no
+communication (the ceiling for two 1-thread workers); and the workers' own DeepSpeed engine in two 1-thread
+processes over gloo without Ray. Their ratios split the cost into DeepSpeed's (DeepSpeed/pair) and Ray's
+(Ray/DeepSpeed). Then model-state memory per worker for ZeRO 0-3 on a larger model. MFU uses a matmul peak measured
+in the same run. --ray-background measures only what an idle Ray's processes take from the no-Ray DeepSpeed pair.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import dataclasses
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from baselines import RAY_RUN_SIDE_ACTORS, deepspeed_pair, plain_loop, plain_pair, ray_background
 
 from minigpt_ray.config import RunConfig
-from minigpt_ray.loss import use_training_loss
 from minigpt_ray.model import attention_for, build_model, count_parameters, flops_per_token
 from minigpt_ray.prepare import prepare_run
 from minigpt_ray.train_utils import measure_matmul_flops
@@ -45,59 +46,6 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int, acc
     t.eval_batches, t.log_every = 2, 10
     t.checkpoint_every = steps  # the final checkpoint only
     return cfg.validate()
-
-
-def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int,
-               threads: int, share: int = 1, barrier=None) -> float:
-    """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data, batch and gradient
-    accumulation; `fused`/`compile` route its forward through the same training loss / torch.compile as the Ray
-    workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default). With
-    `share` > 1 it runs 1/share of the global batch (one of `share` processes that start timing at `barrier`)."""
-    torch.set_num_threads(threads)
-    precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
-    worker_cfg = prepared.worker_config(1)
-    model = build_model(worker_cfg["model"], attention_for("cpu"))
-    use_training_loss(model, fused=fused, compile=compile)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused_opt or None)
-    micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers // share  # same global batch
-    accum = prepared.cfg.train.grad_accum_steps
-    blocks = torch.from_numpy(prepared.data.train).long()
-    warmup, timed = 3 + 2 * compile, 0.0  # compiled: the first steps compile (cached after the first loop)
-    for step in range(steps + warmup):
-        if barrier is not None and step == warmup:
-            barrier.wait()
-        t0 = time.perf_counter()
-        for i in range(accum):
-            batch = blocks[((step * accum + i) * micro) % (len(blocks) - micro):][:micro]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
-                loss = model(input_ids=batch, labels=batch).loss / accum
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= warmup:
-            timed += time.perf_counter() - t0
-    return steps * accum * micro * blocks.shape[1] / timed
-
-
-def _pair_member(queue, barrier, args) -> None:
-    queue.put(plain_loop(*args, threads=1, share=2, barrier=barrier))
-
-
-def plain_pair(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int) -> float:
-    """Summed tokens/s of two single-thread processes, each running half the global batch through the plain loop
-    at the same time, with no communication: the most two 1-thread data-parallel workers can get on this machine
-    (shared caches, memory bandwidth, SMT siblings), so Ray over this isolates Ray Train + DeepSpeed's own cost."""
-    ctx = multiprocessing.get_context("spawn")
-    queue, barrier = ctx.Queue(), ctx.Barrier(2)
-    args = (prepared, precision, fused, compile, fused_opt, steps)
-    members = [ctx.Process(target=_pair_member, args=(queue, barrier, args)) for _ in range(2)]
-    for member in members:
-        member.start()
-    total = queue.get() + queue.get()
-    for member in members:
-        member.join()
-    return total
 
 
 def ray_run(cfg: RunConfig) -> dict:
@@ -122,6 +70,9 @@ def main() -> None:
     parser.add_argument("--no-fused-loss", action="store_true", help="HF's own loss in the Ray and plain runs")
     parser.add_argument("--no-fused-optimizer", action="store_true",
                         help="torch's default AdamW instead of its fused kernel in the Ray and plain runs")
+    parser.add_argument("--ray-background", action="store_true",
+                        help="only: the no-Ray DeepSpeed baseline (first --configs entry) with and without an idle "
+                             f"embedded Ray holding {RAY_RUN_SIDE_ACTORS} idle actors, alternated (~12 min)")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -136,28 +87,57 @@ def main() -> None:
     model = build_model(prepared.worker_config(1)["model"], attention_for("cpu"))
     flops_tok = flops_per_token(model.config, count_parameters(model), args.block_size)
     fused, fused_opt = not args.no_fused_loss, not args.no_fused_optimizer
-    rows = []
-    for precision, stage, compile in configs(args.configs):
-        # Each Ray run sits between two plain runs of each baseline: this machine's speed drifts by 2x over
-        # minutes, so a ratio is only meaningful against measurements taken around it.
-        baselines = {"same": (precision, fused, compile, fused_opt), "fp32": ("fp32", fused, compile, fused_opt),
-                     "ordinary": ("fp32", False, False, False)}
-        plain = {name: [plain_loop(prepared, *spec, args.steps, threads)] for name, spec in baselines.items()}
-        pair = [plain_pair(prepared, *baselines["same"], args.steps)]
-        run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
-                          args.micro_batch, args.grad_accum)
-        run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
-        run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
-        m = ray_run(run)
-        pair.append(plain_pair(prepared, *baselines["same"], args.steps))
-        for name in reversed(list(baselines)):
-            plain[name].append(plain_loop(prepared, *baselines[name], args.steps, threads))
-        rows.append((f"{precision}, ZeRO-{stage}{', compiled' if compile else ''}", precision,
-                     m["steady_tokens_per_s"], m["steady_data_wait_fraction"],
-                     *(sum(plain[name]) / 2 for name in baselines), sum(pair) / 2))  # all skip their warm-up steps
+    if args.ray_background:
+        print_ray_background(args, prepared, work, fused, fused_opt)
+        return
+    rows = [measure_config(args, prepared, work, spec, fused, fused_opt, threads) for spec in configs(args.configs)]
     print_throughput_table(args, rows, peak, flops_tok, fused, fused_opt, threads, count_parameters(model))
     if not args.no_memory:
         memory_table(args, work)
+
+
+def measure_config(args, prepared, work: str, spec: tuple[str, int, bool], fused: bool, fused_opt: bool,
+                   threads: int) -> tuple:
+    """One table row: the Ray run of `spec` (precision, ZeRO stage, compile) with every baseline measured right
+    before and right after it, each baseline's two runs averaged (all skip their warm-up steps)."""
+    precision, stage, compile = spec
+    run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
+                      args.micro_batch, args.grad_accum)
+    run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
+    run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
+    same_run = dataclasses.replace(prepared, cfg=run)  # same tokens, this run's training settings
+    # This machine's speed drifts by 2x over minutes, so a ratio is only meaningful against measurements taken
+    # around the Ray run: each baseline runs once before it and once after it, in mirrored order.
+    baselines = {"same": (precision, fused, compile, fused_opt), "fp32": ("fp32", fused, compile, fused_opt),
+                 "ordinary": ("fp32", False, False, False)}
+    plain = {name: [plain_loop(prepared, *setting, args.steps, threads)] for name, setting in baselines.items()}
+    pair = [plain_pair(prepared, *baselines["same"], args.steps)]
+    no_ray = [deepspeed_pair(same_run, args.steps)]
+    m = ray_run(run)
+    no_ray.append(deepspeed_pair(same_run, args.steps))
+    pair.append(plain_pair(prepared, *baselines["same"], args.steps))
+    for name in reversed(list(baselines)):
+        plain[name].append(plain_loop(prepared, *baselines[name], args.steps, threads))
+    return (f"{precision}, ZeRO-{stage}{', compiled' if compile else ''}", precision, m["steady_tokens_per_s"],
+            m["steady_data_wait_fraction"], *(sum(plain[name]) / 2 for name in baselines), sum(pair) / 2,
+            sum(no_ray) / 2)
+
+
+def print_ray_background(args, prepared, work: str, fused: bool, fused_opt: bool) -> None:
+    """What Ray's own processes take from two busy workers: the no-Ray DeepSpeed pair alone, then beside an idle
+    embedded Ray (raylet, GCS, dashboard and its agent, plus as many idle actors as a training run starts)."""
+    precision, stage, compile = configs(args.configs)[0]
+    run = base_config(args.model, args.steps, f"{work}/background", args.block_size, args.micro_batch,
+                      args.grad_accum)
+    run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
+    run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
+    without, with_ray = ray_background(dataclasses.replace(prepared, cfg=run), args.steps)
+    print(f"\nCPU: {cpu_description()}")
+    print(f"DeepSpeed without Ray, {precision} ZeRO-{stage}{' compiled' if compile else ''}, {args.model}, block "
+          f"{args.block_size}, {args.steps} steps, tokens/s alone: {', '.join(f'{v:,.0f}' for v in without)}; "
+          f"beside an idle Ray with {RAY_RUN_SIDE_ACTORS} idle actors: {', '.join(f'{v:,.0f}' for v in with_ray)}; "
+          f"ratio of means {sum(with_ray) / sum(without):.3f}")
+    sys.stdout.flush()
 
 
 def print_throughput_table(args, rows: list, peak: dict, flops_tok: float, fused: bool, fused_opt: bool,
@@ -169,14 +149,17 @@ def print_throughput_table(args, rows: list, peak: dict, flops_tok: float, fused
           f"({threads} threads): fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; plain = "
           "mean of the plain loop right before and right after each Ray run, same loss and compile setting; "
           "pair = two such 1-thread processes on half the batch each at once, no communication; "
+          "DeepSpeed without Ray = the workers' model code and DeepSpeed config in two 1-thread processes over "
+          "gloo, started without Ray and fed from memory; "
           "ordinary = plain fp32 with HF's loss and torch's default AdamW, eager")
     print("| Ray Train + DeepSpeed, 2 workers x 1 thread | tokens/s | data wait | plain, same precision, "
-          f"1 process x {threads} threads | ratio | pair, 2 processes x 1 thread | pair/plain | Ray/pair | "
+          f"1 process x {threads} threads | ratio | pair, 2 processes x 1 thread | pair/plain | "
+          "DeepSpeed without Ray | DeepSpeed/pair | Ray/DeepSpeed | "
           "plain fp32 | vs plain fp32 | ordinary fp32 | vs ordinary | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, precision, tps, data_wait, plain_same, plain_fp32, ordinary, pair in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, precision, tps, data_wait, plain_same, plain_fp32, ordinary, pair, no_ray in rows:
         print(f"| {label} | {tps:,.0f} | {data_wait:.1%} | {plain_same:,.0f} | {tps / plain_same:.2f} | "
-              f"{pair:,.0f} | {pair / plain_same:.2f} | {tps / pair:.2f} | "
+              f"{pair:,.0f} | {pair / plain_same:.2f} | {no_ray:,.0f} | {no_ray / pair:.2f} | {tps / no_ray:.2f} | "
               f"{plain_fp32:,.0f} | {tps / plain_fp32:.2f} | {ordinary:,.0f} | {tps / ordinary:.2f} | "
               f"{flops_tok * tps / peak[precision]:.1%} |")
     sys.stdout.flush()

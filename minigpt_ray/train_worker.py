@@ -44,13 +44,9 @@ def train_loop_per_worker(config: dict) -> None:
     # DeepSpeed's comm layer adopts Ray's process group now (not at deepspeed.initialize): zero.Init below sizes
     # its partitions and checks the batch arithmetic against the real world size.
     deepspeed.init_distributed(dist_backend=dist.get_backend())
-    model = _build_model(config, device, zero_stage)
+    model, fused = build_training_model(config, device)
     partitioned = hasattr(next(model.parameters()), "ds_id")
     n_params = count_parameters(model)
-    # ZeRO-3 gathers a parameter only inside its own module's forward, so the fused loss (which reads the output
-    # embedding's weight directly) is for stages 0-2; config validation keeps compile off ZeRO-3 too.
-    fused = config["train"]["fused_loss"] and zero_stage < 3 and supports_fused_loss(model)
-    use_training_loss(model, fused=fused, compile=config["train"]["compile"])
     wu.log(rank, f"{world} worker(s), device {device}, backend {dist.get_backend()}, "
                  f"{config['train']['precision']}, ZeRO-{zero_stage}"
                  f"{' (partitioned at construction: zero.Init)' if partitioned else ''}, {n_params:,} params, "
@@ -82,6 +78,19 @@ def train_loop_per_worker(config: dict) -> None:
         _evaluate_and_record(context)
     _train_steps(context)
     _report(context, final=True)
+
+
+def build_training_model(config: dict, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """The model as a worker trains it, before deepspeed.initialize: built (partitioned at ZeRO-3) with the training
+    loss installed. Returns (model, whether the fused chunked loss is on). Needs deepspeed.init_distributed first.
+    bench/train_throughput.py runs it in its no-Ray DeepSpeed baseline, so both train the same model code."""
+    zero_stage = config["deepspeed"]["zero_optimization"]["stage"]
+    model = _build_model(config, device, zero_stage)
+    # ZeRO-3 gathers a parameter only inside its own module's forward, so the fused loss (which reads the output
+    # embedding's weight directly) is for stages 0-2; config validation keeps compile off ZeRO-3 too.
+    fused = config["train"]["fused_loss"] and zero_stage < 3 and supports_fused_loss(model)
+    use_training_loss(model, fused=fused, compile=config["train"]["compile"])
+    return model, fused
 
 
 def _build_model(config: dict, device: torch.device, zero_stage: int):
