@@ -72,7 +72,7 @@ def main() -> None:
                         help="torch's default AdamW instead of its fused kernel in the Ray and plain runs")
     parser.add_argument("--ray-background", action="store_true",
                         help="only: the no-Ray DeepSpeed baseline (first --configs entry) with and without an idle "
-                             f"embedded Ray holding {RAY_RUN_SIDE_ACTORS} idle actors, alternated (~12 min)")
+                             f"embedded Ray holding {RAY_RUN_SIDE_ACTORS} idle actors, alternated (~6 min)")
     args = parser.parse_args()
     threads = os.cpu_count() or 2
     work = tempfile.mkdtemp(prefix="bench-train-")
