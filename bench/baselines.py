@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import time
 
 import torch
 
 from minigpt_ray.loss import use_training_loss
 from minigpt_ray.model import attention_for, build_model
+from minigpt_ray.ray_cluster import connect_ray, free_port
 
 # Actors a Ray Train run with a Ray Dataset starts besides its workers (listed with `ps` during a bench run on Ray
 # 2.60): TrainController, SynchronizationActor, PlacementGroupCleaner, PreemptionWatcher,
@@ -118,9 +118,7 @@ def _deepspeed_member(rank: int, port: int, prepared, steps: int, queue) -> None
 def deepspeed_pair(prepared, steps: int) -> float:
     """Global tokens/s of two 1-thread processes training with the Ray workers' model code and DeepSpeed config
     (ZeRO stage, precision, compile, AdamW kernel from `prepared`) over gloo, launched without Ray."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     members = [ctx.Process(target=_deepspeed_member, args=(rank, port, prepared, steps, queue)) for rank in (0, 1)]
@@ -136,8 +134,6 @@ def ray_background(prepared, steps: int, repeats: int = 2) -> tuple[list[float],
     """deepspeed_pair's tokens/s without and with an idle embedded Ray (the jobs' own embedded start, dashboard on)
     holding RAY_RUN_SIDE_ACTORS idle actors, alternated `repeats` times: returns (without, with)."""
     import ray
-
-    from minigpt_ray.ray_cluster import connect_ray
 
     @ray.remote(num_cpus=0)
     class Idle:

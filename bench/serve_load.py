@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from minigpt_ray.generation import BatchGenerator, GenerationRequest  # noqa: E4
 from minigpt_ray.compress.artifact import load_model_dir  # noqa: E402
 from minigpt_ray.serve import deploy  # noqa: E402
 from minigpt_ray.serve_config import ServeConfig  # noqa: E402
+from minigpt_ray.ray_cluster import free_port  # noqa: E402
 
 PROMPTS = ["今天天气", "这本书", "我们很喜欢这个酒店", "服务", "价格", "The", "质量不错", "房间"]
 
@@ -164,9 +164,7 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--batch-wait", type=float, default=0.0, help="batching.batch_wait_timeout_s when batching")
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     print(f"model {args.model}, {args.max_tokens} greedy tokens per request, 1 replica x 1 CPU, batch wait "
           f"{args.batch_wait * 1000:.0f} ms\n")
     print("| batching | concurrency | p50 ms | p99 ms | requests/s | tokens/s | mean batch | errors | replica peak RSS MB |")

@@ -48,6 +48,14 @@ def base_config(model: str, steps: int, output: str, block: int, micro: int, acc
     return cfg.validate()
 
 
+def spec_config(args, output: str, spec: tuple[str, int, bool], fused: bool, fused_opt: bool) -> RunConfig:
+    """The bench's run config with one --configs entry (precision, ZeRO stage, compile) and the loss/AdamW choice."""
+    run = base_config(args.model, args.steps, output, args.block_size, args.micro_batch, args.grad_accum)
+    run.train.precision, run.train.zero_stage, run.train.compile = spec
+    run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
+    return run
+
+
 def ray_run(cfg: RunConfig) -> dict:
     from minigpt_ray.train import run_training
 
@@ -101,10 +109,7 @@ def measure_config(args, prepared, work: str, spec: tuple[str, int, bool], fused
     """One table row: the Ray run of `spec` (precision, ZeRO stage, compile) with every baseline measured right
     before and right after it, each baseline's two runs averaged (all skip their warm-up steps)."""
     precision, stage, compile = spec
-    run = base_config(args.model, args.steps, f"{work}/{precision}-z{stage}{'-c' * compile}", args.block_size,
-                      args.micro_batch, args.grad_accum)
-    run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
-    run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
+    run = spec_config(args, f"{work}/{precision}-z{stage}{'-c' * compile}", spec, fused, fused_opt)
     same_run = dataclasses.replace(prepared, cfg=run)  # same tokens, this run's training settings
     # This machine's speed drifts by 2x over minutes, so a ratio is only meaningful against measurements taken
     # around the Ray run: each baseline runs once before it and once after it, in mirrored order.
@@ -126,11 +131,9 @@ def measure_config(args, prepared, work: str, spec: tuple[str, int, bool], fused
 def print_ray_background(args, prepared, work: str, fused: bool, fused_opt: bool) -> None:
     """What Ray's own processes take from two busy workers: the no-Ray DeepSpeed pair alone, then beside an idle
     embedded Ray (raylet, GCS, dashboard and its agent, plus as many idle actors as a training run starts)."""
-    precision, stage, compile = configs(args.configs)[0]
-    run = base_config(args.model, args.steps, f"{work}/background", args.block_size, args.micro_batch,
-                      args.grad_accum)
-    run.train.precision, run.train.zero_stage, run.train.compile = precision, stage, compile
-    run.train.fused_loss, run.train.fused_optimizer = fused, fused_opt
+    spec = configs(args.configs)[0]
+    precision, stage, compile = spec
+    run = spec_config(args, f"{work}/background", spec, fused, fused_opt)
     without, with_ray = ray_background(dataclasses.replace(prepared, cfg=run), args.steps)
     print(f"\nCPU: {cpu_description()}")
     print(f"DeepSpeed without Ray, {precision} ZeRO-{stage}{' compiled' if compile else ''}, {args.model}, block "

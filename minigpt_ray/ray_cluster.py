@@ -24,7 +24,7 @@ def embedded_serve_env() -> None:
     picked = set(filter(None, os.environ.get(_PICKED_PORTS, "").split(",")))
     for name in _SERVE_AUX_PORTS:
         if name not in os.environ or name in picked:
-            os.environ[name] = str(_free_port())
+            os.environ[name] = str(free_port())
             picked.add(name)
     os.environ[_PICKED_PORTS] = ",".join(sorted(picked))
 
@@ -34,7 +34,8 @@ _SERVE_AUX_PORTS = ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PR
 _PICKED_PORTS = "MINIGPT_RAY_PICKED_PORTS"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may still take it first)."""
     import socket
 
     with socket.socket() as sock:

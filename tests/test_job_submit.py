@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from minigpt_ray.ray_cluster import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ray(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -34,13 +29,13 @@ def head_node(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MINIGPT_RAY_PICKED_PORTS") and not k.startswith("RAY_SERVE_")}
     env["PATH"] = f"{BIN}:{env['PATH']}"
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2",
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + 120
@@ -91,7 +86,7 @@ def test_job_submit_runs_finetune_sweep_and_serve_with_token_auth(head_node, tmp
     assert (sweep_output / "winner" / "manifest.json").is_file() and (sweep_output / "pareto.csv").is_file()
 
     # And the winner is served by a submitted job that deploys and exits, leaving the app running on the cluster.
-    port = _free_port()
+    port = free_port()
     served = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
                    "python", "jobs/serve.py", "--model", str(sweep_output / "winner"), "--port", str(port),
                    "--cpus-per-replica", "0.5", "--max-replicas", "1"], env, timeout=600)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 
 from minigpt_ray.config import ConfigError
 from minigpt_ray.pipeline import plan_pipeline, run_pipeline
+from minigpt_ray.ray_cluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -34,12 +34,6 @@ def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
                              "patterns": ["unstructured"], "quants": ["none", "int8-weight"], "decode_tokens": 4}},
         "serve": {"port": port, "app_name": "pipeline", "scaling": {"max_replicas": 1, "cpus_per_replica": 0.5}},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):

@@ -40,6 +40,6 @@ def test_picked_ports_are_free_distinct_and_repicked_by_a_child(clean_env):
     # A process that inherits this environment (a job run from a job, a notebook kernel) starts its own Ray: its
     # Serve must not bind the same ports, so ports this module picked are picked again rather than kept.
     fresh = iter(range(50_000, 50_010))
-    clean_env.setattr(ray_cluster, "_free_port", lambda: next(fresh))
+    clean_env.setattr(ray_cluster, "free_port", lambda: next(fresh))
     ray_cluster.embedded_serve_env()
     assert [int(os.environ[name]) for name in ray_cluster._SERVE_AUX_PORTS] == [50_000, 50_001, 50_002, 50_003]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from minigpt_ray.ray_cluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("serve_job", REPO / "jobs" / "serve.py")
@@ -45,9 +46,7 @@ def test_help_explains_each_required_flag(capsys):
 
 
 def test_embedded_run_serves_until_ctrl_c(tiny_zh_model, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "serve.py"), "--model", tiny_zh_model["dir"],

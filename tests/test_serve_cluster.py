@@ -4,7 +4,6 @@ through the official client), batching, the bad-input matrix, and autoscaling up
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +15,10 @@ import torch
 from minigpt_ray.compress import CandidateSpec, load_candidate, make_candidate
 from minigpt_ray.serve import deploy
 from minigpt_ray.serve_config import ServeConfig
+from minigpt_ray.ray_cluster import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 PROMPTS = ["中国人民", "经济", "今天天气", "在北京", "会议", "发展"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_config(model_dir: str, port: int, **scaling) -> ServeConfig:
