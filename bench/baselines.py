@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from minigpt_ray.loss import use_training_loss
-from minigpt_ray.model import attention_for, build_model
-from minigpt_ray.ray_cluster import connect_ray, free_port
+from minigpt_ray.cluster import connect_ray, free_port
+from minigpt_ray.modeling.loss import use_training_loss
+from minigpt_ray.modeling.model import attention_for, build_model
+from minigpt_ray.training.deepspeed_config import param_groups
 
 # Actors a Ray Train run with a Ray Dataset starts besides its workers (listed with `ps` during a bench run on Ray
 # 2.60): TrainController, SynchronizationActor, PlacementGroupCleaner, PreemptionWatcher,
@@ -28,8 +29,17 @@ from minigpt_ray.ray_cluster import connect_ray, free_port
 RAY_RUN_SIDE_ACTORS = 8
 
 
-def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: bool, steps: int,
-               threads: int, share: int = 1, barrier=None) -> float:
+def plain_loop(
+    prepared,
+    precision: str,
+    fused: bool,
+    compile: bool,
+    fused_opt: bool,
+    steps: int,
+    threads: int,
+    share: int = 1,
+    barrier=None,
+) -> float:
     """tokens/s of a single-process loop: AdamW, autocast for bf16, same model, data, batch and gradient
     accumulation; `fused`/`compile` route its forward through the same training loss / torch.compile as the Ray
     workers (off: HF's own loss), `fused_opt` runs torch's fused AdamW kernel (off: torch's default). With
@@ -37,9 +47,10 @@ def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: 
     torch.set_num_threads(threads)
     precision = "bf16-mixed" if precision == "bf16" else precision  # a plain loop's bf16 is autocast
     worker_cfg = prepared.worker_config(1)
-    model = build_model(worker_cfg["model"], attention_for("cpu"))
+    model = build_model(worker_cfg.model, attention_for("cpu"))
     use_training_loss(model, fused=fused, compile=compile)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused_opt or None)
+    # the workers' own parameter groups (no decay on norm gains), so both loops optimize the same thing
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=fused_opt or None)
     micro = prepared.cfg.train.micro_batch_size * prepared.cfg.train.num_workers // share  # same global batch
     accum = prepared.cfg.train.grad_accum_steps
     blocks = torch.from_numpy(prepared.data.train).long()
@@ -49,7 +60,7 @@ def plain_loop(prepared, precision: str, fused: bool, compile: bool, fused_opt: 
             barrier.wait()
         t0 = time.perf_counter()
         for i in range(accum):
-            batch = blocks[((step * accum + i) * micro) % (len(blocks) - micro):][:micro]
+            batch = blocks[((step * accum + i) * micro) % (len(blocks) - micro) :][:micro]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
                 loss = model(input_ids=batch, labels=batch).loss / accum
             loss.backward()
@@ -86,26 +97,28 @@ def _deepspeed_member(rank: int, port: int, prepared, steps: int, queue) -> None
     import deepspeed
     import torch.distributed as dist
 
-    from minigpt_ray.train_worker import build_training_model
+    from minigpt_ray.training.worker import build_training_model
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as in the Ray worker: no 60 s JIT build
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     dist.init_process_group("gloo", rank=rank, world_size=2)
     deepspeed.init_distributed(dist_backend="gloo")
     config = prepared.worker_config(2)
     model, _ = build_training_model(config, torch.device("cpu"))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=config["deepspeed"])
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, config.train.weight_decay), config=config.deepspeed
+    )
     blocks = torch.from_numpy(prepared.data.train).long()
-    micro, accum = config["train"]["micro_batch_size"], config["train"]["grad_accum_steps"]
+    micro, accum = config.train.micro_batch_size, config.train.grad_accum_steps
     warmup, timed = 5, 0.0  # as many as the Ray worker's steady-state skip
     for step in range(steps + warmup):
         t0 = time.perf_counter()
         for i in range(accum):
             start = (((step * accum + i) * 2 + rank) * micro) % (len(blocks) - micro)
-            batch = blocks[start:start + micro]
+            batch = blocks[start : start + micro]
             engine.backward(engine(input_ids=batch, labels=batch).loss)
             engine.step()
         if step >= warmup:

@@ -6,7 +6,7 @@ over in-process decoding of the same requests, measured in the same run.
 For concurrency 1, 8 and 32 and for max_batch_size 8 vs 1 (one replica, 1 CPU): p50/p99 latency, requests/s,
 tokens/s, errors, and the replica's peak RSS. Overhead = p50 HTTP latency at concurrency 1 minus p50 of the same
 greedy request decoded in this process with the same code (BatchGenerator, 1 thread), for a 1-token request (the
-per-request cost, least disturbed by this VM's drifting speed) and a full-length one (adds any per-token cost), and
+per-request cost, least disturbed by drifting machine speed) and a full-length one (adds any per-token cost), and
 the 1-token overhead through both Serve ingresses (HAProxy, the embedded default, and Serve's proxy actor), each on a
 restarted embedded Ray. Targets: batching >= 2x requests/s at concurrency 8; p50 overhead <= 15 ms; zero errors.
 """
@@ -27,11 +27,11 @@ from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minigpt_ray.generation import BatchGenerator, GenerationRequest  # noqa: E402
+from minigpt_ray.cluster import free_port  # noqa: E402
 from minigpt_ray.compress.artifact import load_model_dir  # noqa: E402
-from minigpt_ray.serve import deploy  # noqa: E402
-from minigpt_ray.serve_config import ServeConfig  # noqa: E402
-from minigpt_ray.ray_cluster import free_port  # noqa: E402
+from minigpt_ray.config.serve import ServeJobConfig  # noqa: E402
+from minigpt_ray.serving.app import deploy  # noqa: E402
+from minigpt_ray.serving.generation import BatchGenerator, GenerationRequest  # noqa: E402
 
 PROMPTS = ["今天天气", "这本书", "我们很喜欢这个酒店", "服务", "价格", "The", "质量不错", "房间"]
 
@@ -44,13 +44,17 @@ def percentile(values: list[float], q: float) -> float:
 def closed_loop(url: str, concurrency: int, per_client: int, lengths: list[int]) -> tuple[list, float]:
     """`concurrency` clients, each sending `per_client` requests back to back; client k asks for
     lengths[k % len(lengths)] tokens. Returns ([(latency s, max_tokens, reply)], wall s)."""
+
     def client(k: int):
         out, max_tokens = [], lengths[k % len(lengths)]
         for j in range(per_client):
             prompt = PROMPTS[(k + j) % len(PROMPTS)]
             start = time.perf_counter()
-            reply = requests.post(f"{url}/v1/completions", timeout=300,
-                                  json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+            reply = requests.post(
+                f"{url}/v1/completions",
+                timeout=300,
+                json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+            )
             out.append((time.perf_counter() - start, max_tokens, reply))
         return out
 
@@ -70,18 +74,26 @@ def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> d
             batches.append(int(reply.headers["x-minigpt-batch-size"]))
         else:
             errors += 1
-    return {"p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
-            "rps": len(latencies) / wall, "tokens_per_s": tokens / wall, "errors": errors,
-            "mean_batch": statistics.mean(batches) if batches else 0.0}
+    return {
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "rps": len(latencies) / wall,
+        "tokens_per_s": tokens / wall,
+        "errors": errors,
+        "mean_batch": statistics.mean(batches) if batches else 0.0,
+    }
 
 
 def mixed_lengths(url: str, per_client: int, short: int, long: int) -> dict:
     """Concurrency 8, half the clients asking for `short` tokens and half for `long`: p50 latency of each kind."""
     results, wall = closed_loop(url, 8, per_client, [short, long])
     by_length = {n: [lat for lat, m, reply in results if m == n and reply.status_code == 200] for n in (short, long)}
-    return {"short_p50_ms": 1000 * statistics.median(by_length[short]),
-            "long_p50_ms": 1000 * statistics.median(by_length[long]), "rps": len(results) / wall,
-            "errors": sum(reply.status_code != 200 for _, _, reply in results)}
+    return {
+        "short_p50_ms": 1000 * statistics.median(by_length[short]),
+        "long_p50_ms": 1000 * statistics.median(by_length[long]),
+        "rps": len(results) / wall,
+        "errors": sum(reply.status_code != 200 for _, _, reply in results),
+    }
 
 
 def compare_static(port: int, model: str, per_client: int) -> None:
@@ -89,14 +101,17 @@ def compare_static(port: int, model: str, per_client: int) -> None:
     print("\n| batching (max 8) | short (8 tokens) p50 ms | long (64 tokens) p50 ms | requests/s | errors |")
     print("|---|---|---|---|---|")
     for continuous in (True, False, True, False):
-        cfg = ServeConfig(model=model, port=port, app_name="bench")
+        cfg = ServeJobConfig(model=model, port=port, app_name="bench")
         cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
         cfg.batching.continuous = continuous
         url = deploy(cfg.validate())
         closed_loop(url, 2, 1, [8])  # warm-up
         r = mixed_lengths(url, per_client, 8, 64)
-        print(f"| {'continuous' if continuous else 'static'} | {r['short_p50_ms']:.0f} | {r['long_p50_ms']:.0f} | "
-              f"{r['rps']:.2f} | {r['errors']} |", flush=True)
+        print(
+            f"| {'continuous' if continuous else 'static'} | {r['short_p50_ms']:.0f} | {r['long_p50_ms']:.0f} | "
+            f"{r['rps']:.2f} | {r['errors']} |",
+            flush=True,
+        )
 
 
 def overhead(url: str, model_dir: str, max_tokens: int, rounds: int) -> dict:
@@ -111,14 +126,18 @@ def overhead(url: str, model_dir: str, max_tokens: int, rounds: int) -> dict:
     with requests.Session() as session:
         for i in range(rounds + 2):
             start = time.perf_counter()
-            generator = BatchGenerator(model, [GenerationRequest(ids, max_tokens, temperature=0)], pad,
-                                       tokenizer.eos_token_id)
+            generator = BatchGenerator(
+                model, [GenerationRequest(ids, max_tokens, temperature=0)], pad, tokenizer.eos_token_id
+            )
             while generator.active:
                 generator.step()
             elapsed = time.perf_counter() - start
             start = time.perf_counter()
-            reply = session.post(f"{url}/v1/completions", timeout=300,
-                                 json={"prompt": PROMPTS[0], "max_tokens": max_tokens, "temperature": 0})
+            reply = session.post(
+                f"{url}/v1/completions",
+                timeout=300,
+                json={"prompt": PROMPTS[0], "max_tokens": max_tokens, "temperature": 0},
+            )
             if i >= 2:  # the first rounds warm both paths up
                 local.append(1000 * elapsed)
                 http.append(1000 * (time.perf_counter() - start))
@@ -148,13 +167,15 @@ def compare_ingress(port: int, model: str) -> None:
         serve.shutdown()
         ray.shutdown()
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if mode == "haproxy" else "0"
-        cfg = ServeConfig(model=model, port=port, app_name="bench")
+        cfg = ServeJobConfig(model=model, port=port, app_name="bench")
         cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
         url = deploy(cfg.validate())
         assert requests.get(f"{url}/health", timeout=30).json()["ingress"] == mode
         o = overhead(url, model, 1, 30)
-        print(f"| {mode} | {o['local']:.1f} | {o['http']:.1f} | {o['http'] - o['local']:.1f} | "
-              f"{health_floor(url):.1f} |", flush=True)
+        print(
+            f"| {mode} | {o['local']:.1f} | {o['http']:.1f} | {o['http'] - o['local']:.1f} | {health_floor(url):.1f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -165,13 +186,18 @@ def main() -> None:
     parser.add_argument("--batch-wait", type=float, default=0.0, help="batching.batch_wait_timeout_s when batching")
     args = parser.parse_args()
     port = free_port()
-    print(f"model {args.model}, {args.max_tokens} greedy tokens per request, 1 replica x 1 CPU, batch wait "
-          f"{args.batch_wait * 1000:.0f} ms\n")
-    print("| batching | concurrency | p50 ms | p99 ms | requests/s | tokens/s | mean batch | errors | replica peak RSS MB |")
+    print(
+        f"model {args.model}, {args.max_tokens} greedy tokens per request, 1 replica x 1 CPU, batch wait "
+        f"{args.batch_wait * 1000:.0f} ms\n"
+    )
+    print(
+        "| batching | concurrency | p50 ms | p99 ms | requests/s | tokens/s | mean batch | errors "
+        "| replica peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     rps, url = {}, ""
     for batch in (8, 1):
-        cfg = ServeConfig(model=args.model, port=port, app_name="bench")
+        cfg = ServeJobConfig(model=args.model, port=port, app_name="bench")
         cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
         cfg.batching.max_batch_size = batch
         cfg.batching.batch_wait_timeout_s = args.batch_wait if batch > 1 else 0.0
@@ -181,10 +207,13 @@ def main() -> None:
             r = run_level(url, concurrency, args.requests_per_client, args.max_tokens)
             rss = requests.get(f"{url}/health", timeout=30).json()["peak_rss_mb"]
             rps[(batch, concurrency)] = r
-            print(f"| {'max ' + str(batch) if batch > 1 else 'off'} | {concurrency} | {r['p50_ms']:.0f} | "
-                  f"{r['p99_ms']:.0f} | {r['rps']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_batch']:.1f} | {r['errors']} | "
-                  f"{rss:.0f} |",
-                  flush=True)
+            print(
+                f"| {'max ' + str(batch) if batch > 1 else 'off'} | {concurrency} | {r['p50_ms']:.0f} | "
+                f"{r['p99_ms']:.0f} | {r['rps']:.2f} | {r['tokens_per_s']:.0f} | {r['mean_batch']:.1f} | "
+                f"{r['errors']} | "
+                f"{rss:.0f} |",
+                flush=True,
+            )
     gain = rps[(8, 8)]["rps"] / rps[(1, 8)]["rps"]
     errors = sum(r["errors"] for r in rps.values())
     print()
@@ -192,16 +221,21 @@ def main() -> None:
     for tokens, rounds in ((1, 30), (args.max_tokens, 12)):
         o = overhead(url, args.model, tokens, rounds)
         overheads[tokens] = o["http"] - o["local"]
-        print(f"{tokens:>2} token(s), concurrency 1, alternating: in-process decode p50 {o['local']:.1f} ms, replica-side "
-              f"p50 {o['server']:.1f} ms, HTTP p50 {o['http']:.1f} ms → Serve overhead {overheads[tokens]:.1f} ms "
-              f"({o['server'] - o['local']:.1f} in the replica, {o['http'] - o['server']:.1f} proxy + HTTP)")
+        print(
+            f"{tokens:>2} token(s), concurrency 1, alternating: in-process decode p50 {o['local']:.1f} ms, "
+            f"replica-side "
+            f"p50 {o['server']:.1f} ms, HTTP p50 {o['http']:.1f} ms → Serve overhead {overheads[tokens]:.1f} ms "
+            f"({o['server'] - o['local']:.1f} in the replica, {o['http'] - o['server']:.1f} proxy + HTTP)"
+        )
     http_minus_inproc, ingress = overheads[1], requests.get(f"{url}/health", timeout=30).json()["ingress"]
     print(f"Serve's own floor: GET /health (no model work) p50 {health_floor(url):.1f} ms")
     compare_static(port, args.model, args.requests_per_client)
     compare_ingress(port, args.model)
     print(f"target {'met' if gain >= 2 else 'MISSED'}: batching {gain:.2f}x requests/s at concurrency 8 (>= 2x)")
-    print(f"target {'met' if http_minus_inproc <= 15 else 'MISSED'}: p50 per-request overhead {http_minus_inproc:.1f} ms "
-          f"(<= 15 ms; 1-token requests, where machine noise in the decode itself is smallest; {ingress} ingress)")
+    print(
+        f"target {'met' if http_minus_inproc <= 15 else 'MISSED'}: p50 per-request overhead {http_minus_inproc:.1f} ms "
+        f"(<= 15 ms; 1-token requests, where machine noise in the decode itself is smallest; {ingress} ingress)"
+    )
     print(f"target {'met' if errors == 0 else 'MISSED'}: {errors} errors")
 
 

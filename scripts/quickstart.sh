@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python jobs/pipeline.py --config configs/pipeline.yaml "$@"
+.venv/bin/minigpt pipeline --config configs/pipeline.yaml "$@"

@@ -1,15 +1,41 @@
-"""Shared fixtures. Core tests need no cluster; orchestration tests share one local Ray per session."""
+"""Shared fixtures. Core tests need no cluster; orchestration tests share one local Ray per session.
+
+Every test that starts Ray is marked `cluster` here, from the fixtures it uses, so `pytest -m "not cluster"` is the
+fast tier: `ray_cluster` (the session's embedded Ray), `head_node` (a `ray start` cluster) and `spawns_ray` (the
+test runs a job or a notebook that starts its own embedded Ray). A fast-tier test that calls `ray.init` anyway fails
+with a message saying to use one of them."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import train_tiny_model
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+RAY_FIXTURES = {"ray_cluster", "head_node", "spawns_ray"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_outside_the_cluster_tier(request, monkeypatch):
+    """A test not marked `cluster` must not start Ray (it would make the fast tier slow and flaky)."""
+    if request.node.get_closest_marker("cluster") is None:
+        import ray
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("this test starts Ray: request the ray_cluster or spawns_ray fixture")
+
+        monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture
+def spawns_ray():
+    """Marks a test that starts Ray in a subprocess of its own (a job, a notebook kernel): cluster tier."""
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +45,12 @@ def ray_cluster():
     import ray
 
     # Serve's autoscaling metrics are pushed every 10 s by default; 1 s keeps the autoscaling test short.
-    for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
-                 "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+    for name in (
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
+    ):
         os.environ.setdefault(name, "1")
-    from minigpt_ray.ray_cluster import embedded_serve_env
+    from minigpt_ray.cluster import embedded_serve_env
 
     embedded_serve_env()  # the same Serve ingress (HAProxy) as the jobs' embedded Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
@@ -33,72 +61,19 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
-    from minigpt_ray.corpora import source_documents
+    from minigpt_ray.data.corpora import source_documents
 
     return "\n\n".join(d.text for d in source_documents("shakespeare", max_chars=60_000))
 
 
 @pytest.fixture(scope="session")
 def zh_text() -> str:
-    from minigpt_ray.corpora import source_documents
+    from minigpt_ray.data.corpora import source_documents
 
     return "\n".join(d.text for d in source_documents("zh-news", max_chars=40_000))
 
 
-def tiny_run_config(output: Path, **train_overrides):
-    """A small but real run: gpt-nano-sized model on a Shakespeare slice, a few seconds of steps per worker."""
-    from minigpt_ray.config import RunConfig
-
-    cfg = RunConfig(output=str(output), sample_prompt="")
-    cfg.model.name = "gpt-nano"
-    cfg.model.vocab_size = 512
-    cfg.data.sources = ["shakespeare"]
-    cfg.data.max_chars_per_source = 150_000
-    cfg.data.block_size = 64
-    cfg.data.val_fraction = 0.05
-    cfg.data.tokenizer_train_chars = 150_000
-    t = cfg.train
-    t.num_workers, t.micro_batch_size, t.max_steps, t.warmup_steps, t.lr = 2, 8, 30, 3, 3e-3
-    t.eval_every, t.checkpoint_every, t.eval_batches, t.log_every = 15, 15, 4, 5
-    for key, value in train_overrides.items():
-        setattr(t, key, value)
-    return cfg.validate()
-
-
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def train_tiny_model(texts: list[str], directory: Path, vocab_size: int = 512, steps: int = 150) -> dict:
-    """A tiny Llama-style GPT trained briefly (plain PyTorch, ~10 s) on `texts`, saved as an HF dir with its
-    tokenizer. Widths divisible by 32 so int4 groups and N:M patterns apply. Returns {"dir", "eval", "calib",
-    "train", "prompt"}: the data dict the compression code takes."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from minigpt_ray.corpora import Document, split_documents
-    from minigpt_ray.data import pack_blocks, tokenize_texts
-    from minigpt_ray.tokenizer import save_tokenizer, train_bpe
-
-    docs = [Document(text=t, source="test") for t in texts if t.strip()]
-    train_docs, val_docs = split_documents(docs, 0.1)
-    tokenizer = train_bpe([d.text for d in train_docs], vocab_size)
-    train = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in train_docs]), 64)).long()
-    val = torch.from_numpy(pack_blocks(tokenize_texts(tokenizer, [d.text for d in val_docs]), 64)).long()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    model = AutoModelForCausalLM.from_config(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        batch = train[torch.randint(len(train), (16,), generator=generator)]
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(directory)
-    save_tokenizer(tokenizer, directory)
-    return {"dir": str(directory), "eval": val[:24], "calib": train[:8], "train": train, "prompt": val[:1, :8]}
 
 
 @pytest.fixture(scope="session")

@@ -1,61 +1,47 @@
-"""The job's command line: every bad input ends in one line naming the field or file, exit 2, before any worker
-starts, with nothing written to --output."""
+"""The installed `minigpt` command: one entry point for every job, `--help` on each, `--print-config`."""
 
-import importlib.util
+from __future__ import annotations
+
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("finetune_job", REPO / "jobs" / "finetune.py")
-finetune_job = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(finetune_job)
+from minigpt_ray.config import SweepJobConfig, TrainJobConfig, from_dict
 
-TINY = ["--model", "gpt-nano", "--vocab-size", "512", "--block-size", "64", "--max-steps", "5", "--warmup-steps", "1"]
-
-
-def _bad_inputs(tmp: Path) -> dict:
-    (tmp / "empty.txt").write_text("\n\n")
-    (tmp / "latin1.txt").write_bytes("naïve café, déjà vu\n".encode("latin-1"))
-    (tmp / "short.txt").write_text("Just a few words.\n")
-    (tmp / "nomodel").mkdir()
-    return {
-        "missing corpus": (["--data", str(tmp / "nope.txt")], "data.sources: ", "nope.txt"),
-        "empty corpus": (["--data", str(tmp / "empty.txt")], "data.sources: ", "is empty"),
-        "non-utf8 corpus": (["--data", str(tmp / "latin1.txt")], "data.sources: ", "not UTF-8"),
-        "shorter than a block": (["--data", str(tmp / "short.txt")], "data.sources: ", "fewer than one block"),
-        "unknown preset": (["--model", "gpt-nanoo"], "model.name: ", "did you mean gpt-nano"),
-        "missing model dir": (["--model", str(tmp / "no" / "model")], "model.name: ", "does not exist"),
-        "dir without config": (["--model", str(tmp / "nomodel")], "model.name: ", "has no config.json"),
-        "zero stage 4": (["--zero-stage", "4"], "train.zero_stage: ", "got 4"),
-        "lr 0": (["--lr", "0"], "train.lr: ", "must be > 0"),
-        "batch 0": (["--micro-batch-size", "0"], "train.micro_batch_size: ", "must be >= 1"),
-        "bad yaml key": (["--config", str(tmp / "bad.yaml")], "train.zero: ", "unknown setting"),
-    }
+MINIGPT = Path(sys.executable).parent / "minigpt"
 
 
-@pytest.mark.parametrize("case", [
-    "missing corpus", "empty corpus", "non-utf8 corpus", "shorter than a block", "unknown preset",
-    "missing model dir", "dir without config", "zero stage 4", "lr 0", "batch 0", "bad yaml key"])
-def test_bad_input_one_line_and_nothing_written(case, tmp_path, capsys):
-    (tmp_path / "bad.yaml").write_text("train: {zero: 2}\n")
-    argv, field, detail = _bad_inputs(tmp_path)[case]
-    output = tmp_path / "out"
-    base = TINY + ["--data", "shakespeare", "--max-chars-per-source", "100000", "--output", str(output)]
-    assert finetune_job.main(base + argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("error: " + field) and detail in err[0]
-    assert not output.exists()
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MINIGPT), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-def test_help_explains_each_required_flag():
-    out = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune.py"), "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    for flag, words in {"--model": "preset", "--data": "built-in corpora", "--output": "Output directory",
-                        "--num-workers": "Ray Train workers", "--zero-stage": "ZeRO stage",
-                        "--precision": "bf16", "--max-steps": "Optimizer steps", "--config": "YAML"}.items():
-        line = out[out.index("\n  " + flag + " "):][:400]  # the option's own entry, not the usage line
-        assert words in line, (flag, line)
+@pytest.mark.parametrize("job, words", [("finetune", "DeepSpeed ZeRO stage"), ("sweep", "NSGA-II"),
+                                        ("serve", "autoscaler"), ("pipeline", "--stages")])  # fmt: skip
+def test_each_job_has_help(job, words):
+    done = _run(job, "--help")
+    assert done.returncode == 0 and words in done.stdout, done.stderr
+    top = _run("--help")
+    assert top.returncode == 0 and job in top.stdout
+
+
+def test_print_config_is_a_valid_config_file(tmp_path):
+    done = _run("finetune", "--config", "configs/pretrain.yaml", "--max-steps", "70", "--print-config")
+    assert done.returncode == 0, done.stderr
+    cfg = from_dict(yaml.safe_load(done.stdout), TrainJobConfig).validate()
+    assert cfg.train.max_steps == 70 and cfg.model.name == "gpt-nano"  # the YAML, overridden by the flag
+    (tmp_path / "resolved.yaml").write_text(done.stdout)
+    again = _run("finetune", "--config", str(tmp_path / "resolved.yaml"), "--print-config")
+    assert again.stdout == done.stdout
+    sweep = _run("sweep", "--config", "configs/sweep.yaml", "--print-config")
+    assert from_dict(yaml.safe_load(sweep.stdout), SweepJobConfig).measure.eval_blocks == 64
+    pipeline = _run("pipeline", "--config", "configs/pipeline.yaml", "--print-config")
+    assert pipeline.returncode == 0 and set(yaml.safe_load(pipeline.stdout)) >= {"pretrain", "finetune", "sweep"}
+
+
+def test_bad_setting_is_one_line_and_exit_2():
+    done = _run("serve", "--model", "/no/such/model")
+    assert done.returncode == 2 and done.stderr.strip() == "error: model: directory /no/such/model does not exist"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import REPO
 
-from minigpt_ray.ray_cluster import free_port
+from minigpt_ray.cluster import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.cluster
 
@@ -26,17 +26,35 @@ def head_node(tmp_path):
     """A separate Ray head on its own ports (not 6379/8265), stopped by killing its process group afterwards:
     `ray stop` would also stop the session's embedded Ray."""
     # A stock `ray start`: Serve's proxy ingress (the session's embedded Ray covers HAProxy ingress).
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MINIGPT_RAY_PICKED_PORTS") and not k.startswith("RAY_SERVE_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MINIGPT_RAY_PICKED_PORTS") and not k.startswith("RAY_SERVE_")
+    }
     env["PATH"] = f"{BIN}:{env['PATH']}"
     dashboard_port = free_port()
-    log = open(tmp_path / "head.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "head.log", "w") as log:  # the child keeps its own descriptor
+        head = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={free_port()}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + 120
     while _ray(["job", "list", "--address", address], dict(env, RAY_AUTH_MODE="token"), timeout=60).returncode:
@@ -49,7 +67,19 @@ def head_node(tmp_path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
-    log.close()
+
+
+def _submit(address: str, env: dict, job: str, args: str, timeout: float) -> str:
+    """`ray job submit --working-dir <repo> -- python jobs/<job>.py <args>`; returns the job's log."""
+    submitted = _ray(
+        ["job", "submit", "--address", address, "--working-dir", str(REPO), "--", "python", f"jobs/{job}.py"]
+        + args.split(),
+        env,
+        timeout=timeout,
+    )
+    logs = submitted.stdout + submitted.stderr
+    assert submitted.returncode == 0 and "succeeded" in logs, logs[-4000:]
+    return logs
 
 
 def test_job_submit_runs_finetune_sweep_and_serve_with_token_auth(head_node, tmp_path):
@@ -60,41 +90,42 @@ def test_job_submit_runs_finetune_sweep_and_serve_with_token_auth(head_node, tmp
         assert rejected.returncode != 0
         assert "token" in (rejected.stdout + rejected.stderr).lower()
     output = tmp_path / "job-out"
-    submitted = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                      "python", "jobs/finetune.py", "--model", "gpt-nano", "--vocab-size", "512", "--data",
-                      "shakespeare", "--max-chars-per-source", "100000", "--block-size", "64", "--max-steps", "10",
-                      "--warmup-steps", "2", "--eval-every", "5", "--checkpoint-every", "10", "--log-every", "5",
-                      "--eval-batches", "4", "--num-workers", "2", "--zero-stage", "2", "--output", str(output)],
-                     env, timeout=900)
-    logs = submitted.stdout + submitted.stderr
-    assert submitted.returncode == 0, logs[-4000:]
-    assert "succeeded" in logs and "step 10/10" in logs and "val loss" in logs
+    logs = _submit(
+        address, env, "finetune",
+        "--model gpt-nano --vocab-size 512 --data shakespeare --max-chars-per-source 100000 --block-size 64 "
+        "--max-steps 10 --warmup-steps 2 --eval-every 5 --checkpoint-every 10 --log-every 5 --eval-batches 4 "
+        f"--num-workers 2 --zero-stage 2 --output {output}",
+        timeout=900,
+    )  # fmt: skip
+    assert "step 10/10" in logs and "val loss" in logs
+    assert logs.count("step 10/10") == 1  # each worker log line reaches the job log once
     assert (output / "model" / "model.safetensors").is_file()
     assert (output / "metrics.json").is_file()
 
     # The compression sweep is submitted the same way, on the model the job just wrote: Tune trials on the cluster.
     sweep_output = tmp_path / "sweep-out"
-    swept = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                  "python", "jobs/sweep.py", "--model", str(output / "model"), "--data", "shakespeare",
-                  "--max-chars-per-source", "60000", "--block-size", "64", "--eval-blocks", "8", "--algorithm", "grid",
-                  "--methods", "none,magnitude", "--sparsities", "0.5", "--patterns", "unstructured",
-                  "--quants", "none,int8-weight", "--decode-tokens", "4", "--output", str(sweep_output)],
-                 env, timeout=900)
-    logs = swept.stdout + swept.stderr
-    assert swept.returncode == 0, logs[-4000:]
-    assert "succeeded" in logs and "3 trials" in logs and "winner:" in logs
+    logs = _submit(
+        address, env, "sweep",
+        f"--model {output / 'model'} --data shakespeare --max-chars-per-source 60000 --block-size 64 --eval-blocks 8 "
+        "--algorithm grid --methods none,magnitude --sparsities 0.5 --patterns unstructured --quants none,int8-weight "
+        f"--decode-tokens 4 --output {sweep_output}",
+        timeout=900,
+    )  # fmt: skip
+    assert "3 trials" in logs and "winner:" in logs
     assert (sweep_output / "winner" / "manifest.json").is_file() and (sweep_output / "pareto.csv").is_file()
 
     # And the winner is served by a submitted job that deploys and exits, leaving the app running on the cluster.
     port = free_port()
-    served = _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-                   "python", "jobs/serve.py", "--model", str(sweep_output / "winner"), "--port", str(port),
-                   "--cpus-per-replica", "0.5", "--max-replicas", "1"], env, timeout=600)
-    logs = served.stdout + served.stderr
-    assert served.returncode == 0 and "succeeded" in logs and "deployed on the cluster" in logs, logs[-4000:]
+    logs = _submit(
+        address, env, "serve",
+        f"--model {sweep_output / 'winner'} --port {port} --cpus-per-replica 0.5 --max-replicas 1",
+        timeout=600,
+    )  # fmt: skip
+    assert "deployed on the cluster" in logs
     assert "ingress: Serve proxy" in logs  # read from the cluster's processes, not from this test's environment
-    reply = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 8},
-                          timeout=120)
+    reply = requests.post(
+        f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 8}, timeout=120
+    )
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
     status = _ray(["serve", "status", "--address", address], env)
     assert status.returncode == 0 and "minigpt" in status.stdout and "RUNNING" in status.stdout, status.stdout

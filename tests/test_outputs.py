@@ -7,10 +7,9 @@ def test_failed_write_keeps_the_old_directory(tmp_path):
     final = tmp_path / "model"
     with atomic_directory(final) as staging:
         (staging / "weights").write_text("v1")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(final) as staging:
-            (staging / "weights").write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_directory(final) as staging:
+        (staging / "weights").write_text("half")
+        raise RuntimeError("interrupted")
     assert (final / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging left behind
 

@@ -28,8 +28,8 @@ from transformers.utils import logging as hf_logging
 
 from minigpt_ray.compress.layers import conv1d_to_linear, target_layers
 from minigpt_ray.compress.quantize import int4_shells, torchao_config
+from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.outputs import atomic_directory
-from minigpt_ray.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -139,7 +139,7 @@ def load_candidate(directory: str | Path):
         model = AutoModelForCausalLM.from_pretrained(directory)
         return model.eval(), tokenizer, manifest
     with safe_open(str(directory / WEIGHTS), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
         metadata = handle.metadata()
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
     if fmt == "sparse":
@@ -171,8 +171,10 @@ def load_model_dir(directory: str | Path):
 def artifact_bytes(directory: str | Path) -> dict[str, int]:
     """Bytes on disk: the weight files, and the whole directory (config, tokenizer, manifest included)."""
     files = [p for p in Path(directory).rglob("*") if p.is_file()]
-    return {"weights": sum(p.stat().st_size for p in files if p.suffix == ".safetensors"),
-            "total": sum(p.stat().st_size for p in files)}
+    return {
+        "weights": sum(p.stat().st_size for p in files if p.suffix == ".safetensors"),
+        "total": sum(p.stat().st_size for p in files),
+    }
 
 
 def linear_weight_bytes(directory: str | Path, layer_names) -> int:
@@ -180,7 +182,7 @@ def linear_weight_bytes(directory: str | Path, layer_names) -> int:
     prefixes = tuple(f"{name}." for name in layer_names)
     total = 0
     with safe_open(str(Path(directory) / WEIGHTS), framework="pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
             if prefixes and key.startswith(prefixes) and not key.endswith(".bias"):
                 tensor = handle.get_tensor(key)
                 total += tensor.numel() * tensor.element_size()

@@ -15,75 +15,35 @@ from pathlib import Path
 
 import torch
 
-from minigpt_ray.compress.artifact import (MANIFEST, artifact_bytes, linear_weight_bytes, load_candidate,
-                                          read_manifest, save_candidate)
+from minigpt_ray.compress.artifact import (
+    MANIFEST,
+    artifact_bytes,
+    linear_weight_bytes,
+    load_candidate,
+    read_manifest,
+    save_candidate,
+)
 from minigpt_ray.compress.layers import in_features, target_layers
-from minigpt_ray.compress.prune import apply_masks, parse_pattern, prune_unstructured, sparsity_of
-from minigpt_ray.compress.quantize import INT4_GROUP_SIZES, QUANT_METHODS, quantize_model
+from minigpt_ray.compress.prune import apply_masks, prune_unstructured, sparsity_of
+from minigpt_ray.compress.quantize import quantize_model
 from minigpt_ray.compress.structured import prune_structured
-from minigpt_ray.evaluate import perplexity
+from minigpt_ray.config.compress import CandidateError, CandidateSpec, parse_pattern
+from minigpt_ray.modeling.evaluate import perplexity
 from minigpt_ray.outputs import atomic_write_text
-
-PRUNE_METHODS = ("none", "magnitude", "magnitude-global", "wanda", "structured")
-
-
-class CandidateError(ValueError):
-    """A setting no candidate can have; the message names the field."""
 
 
 @dataclass(frozen=True)
-class CandidateSpec:
-    method: str = "none"
-    """Pruning: none, magnitude (per layer), magnitude-global, wanda, structured (FFN neurons + heads)."""
-    sparsity: float = 0.0
-    """Fraction of target weights pruned (structured: of FFN neurons and heads), in [0, 1)."""
-    pattern: str = "unstructured"
-    """unstructured or N:M (e.g. 2:4, 4:8: at most N nonzeros in every M inputs) for magnitude/wanda."""
-    quant: str = "none"
-    """Quantization: none, int8-weight, int8-dynamic, int4-weight."""
-    group_size: int = 0
-    """int4 group size (32, 64, 128, 256)."""
-    recovery_steps: int = 0
-    """Fine-tune steps after pruning, re-applying the mask after every step (0 = none)."""
+class CalibrationData:
+    """The token blocks every candidate of a sweep is built and measured with (the same for all of them)."""
 
-    def normalized(self) -> "CandidateSpec":
-        """Validate, and zero the settings that do not apply, so equal candidates compare equal."""
-        _check(self.method in PRUNE_METHODS, "method", f"must be one of {', '.join(PRUNE_METHODS)}", self.method)
-        _check(self.quant in QUANT_METHODS, "quant", f"must be one of {', '.join(QUANT_METHODS)}", self.quant)
-        _check(0.0 <= self.sparsity < 1.0, "sparsity", "must be in [0, 1)", self.sparsity)
-        _check(self.recovery_steps >= 0, "recovery_steps", "must be >= 0", self.recovery_steps)
-        try:
-            nm = parse_pattern(self.pattern)
-        except ValueError:
-            raise CandidateError(f"pattern: must be unstructured or N:M like 2:4, got {self.pattern!r}") from None
-        _check(nm is None or 0 < nm[0] < nm[1], "pattern", "N:M needs 0 < N < M", self.pattern)
-        if self.quant == "int4-weight":
-            _check(self.group_size in INT4_GROUP_SIZES, "group_size",
-                   f"int4 needs one of {', '.join(map(str, INT4_GROUP_SIZES))}", self.group_size)
-        spec = asdict(self)
-        if self.method not in ("magnitude", "wanda") or nm is None:
-            spec["pattern"] = "unstructured"
-        if self.method == "none":
-            spec.update(sparsity=0.0, recovery_steps=0)
-        elif spec["pattern"] != "unstructured":
-            spec["sparsity"] = 1 - nm[0] / nm[1]
-        if self.quant != "int4-weight":
-            spec["group_size"] = 0
-        return CandidateSpec(**spec)
-
-    def label(self) -> str:
-        parts = []
-        if self.method != "none":
-            shape = self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%}"
-            parts.append(f"{self.method} {shape}" + (f" +{self.recovery_steps} rec" if self.recovery_steps else ""))
-        if self.quant != "none":
-            parts.append(self.quant + (f" g{self.group_size}" if self.group_size else ""))
-        return " + ".join(parts) or "uncompressed"
-
-
-def _check(ok: bool, field: str, message: str, value) -> None:
-    if not ok:
-        raise CandidateError(f"{field}: {message}, got {value!r}")
+    eval_blocks: torch.Tensor
+    """[n, block] validation blocks perplexity is measured on."""
+    calib_blocks: torch.Tensor
+    """[n, block] training blocks fed through the model for Wanda and structured-pruning importance."""
+    train_blocks: torch.Tensor
+    """[n, block] training blocks recovery fine-tuning samples from."""
+    prompt_ids: torch.Tensor
+    """[1, t] prompt of the timed greedy decode."""
 
 
 def check_fits_model(spec: CandidateSpec, model) -> None:
@@ -97,8 +57,15 @@ def check_fits_model(spec: CandidateSpec, model) -> None:
             raise CandidateError(f"group_size: {spec.group_size} does not divide in_features {width} of {name}")
 
 
-def recover(model, masks: dict | None, train_blocks: torch.Tensor, steps: int, lr: float = 3e-4,
-            batch_size: int = 8, seed: int = 0) -> list[float]:
+def recover(
+    model,
+    masks: dict | None,
+    train_blocks: torch.Tensor,
+    steps: int,
+    lr: float = 3e-4,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[float]:
     """Short fine-tune after pruning (AdamW, linear decay); pruned weights are re-zeroed after every step."""
     layers = target_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,8 +89,14 @@ def recover(model, masks: dict | None, train_blocks: torch.Tensor, steps: int, l
     return losses
 
 
-def build_candidate(base_model, spec: CandidateSpec, calib_blocks: torch.Tensor, train_blocks: torch.Tensor,
-                    recovery_lr: float = 3e-4, seed: int = 0):
+def build_candidate(
+    base_model,
+    spec: CandidateSpec,
+    calib_blocks: torch.Tensor,
+    train_blocks: torch.Tensor,
+    recovery_lr: float = 3e-4,
+    seed: int = 0,
+):
     """A compressed copy of `base_model` (left untouched): (model, artifact format, details)."""
     model = copy.deepcopy(base_model).eval()
     details: dict = {}
@@ -144,8 +117,13 @@ def build_candidate(base_model, spec: CandidateSpec, calib_blocks: torch.Tensor,
 @torch.no_grad()
 def decode_tokens_per_s(model, prompt_ids: torch.Tensor, new_tokens: int = 32, repeats: int = 2) -> float:
     """Greedy batch-1 decode speed with the KV cache: best of `repeats` timed runs after one warm-up."""
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  attention_mask=torch.ones_like(prompt_ids), pad_token_id=0)
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        attention_mask=torch.ones_like(prompt_ids),
+        pad_token_id=0,
+    )
     model.generate(prompt_ids, **kwargs)
     best = math.inf
     for _ in range(repeats):
@@ -166,31 +144,54 @@ def count_params(model) -> int:
     return total
 
 
-def measure(directory: str | Path, eval_blocks: torch.Tensor, prompt_ids: torch.Tensor, layer_names,
-            decode_tokens: int = 32) -> dict:
+def measure(
+    directory: str | Path, eval_blocks: torch.Tensor, prompt_ids: torch.Tensor, layer_names, decode_tokens: int = 32
+) -> dict:
     """Reload the artifact and measure it: perplexity (the evaluate.py protocol), bytes, decode speed, params."""
     model, _, _ = load_candidate(directory)
     sizes = artifact_bytes(directory)
-    return {"perplexity": perplexity(model, eval_blocks), "weights_bytes": sizes["weights"],
-            "total_bytes": sizes["total"], "linear_bytes": linear_weight_bytes(directory, layer_names),
-            "size_mb": sizes["weights"] / 1e6, "params": count_params(model),
-            "decode_tokens_per_s": decode_tokens_per_s(model, prompt_ids, decode_tokens)}
+    return {
+        "perplexity": perplexity(model, eval_blocks),
+        "weights_bytes": sizes["weights"],
+        "total_bytes": sizes["total"],
+        "linear_bytes": linear_weight_bytes(directory, layer_names),
+        "size_mb": sizes["weights"] / 1e6,
+        "params": count_params(model),
+        "decode_tokens_per_s": decode_tokens_per_s(model, prompt_ids, decode_tokens),
+    }
 
 
-def make_candidate(base_model, tokenizer, spec: CandidateSpec, directory: str | Path, data: dict,
-                   recovery_lr: float = 3e-4, decode_tokens: int = 32, seed: int = 0) -> dict:
+def make_candidate(
+    base_model,
+    tokenizer,
+    spec: CandidateSpec,
+    directory: str | Path,
+    data: CalibrationData,
+    recovery_lr: float = 3e-4,
+    decode_tokens: int = 32,
+    seed: int = 0,
+) -> dict:
     """Build, save and measure one candidate; returns its metrics (also stored in its manifest)."""
     spec = spec.normalized()
     check_fits_model(spec, base_model)
     started = time.perf_counter()
     layer_names = list(target_layers(base_model))
-    model, fmt, details = build_candidate(base_model, spec, data["calib"], data["train"], recovery_lr, seed)
-    manifest = {"candidate": asdict(spec), "label": spec.label(), "sparsity": details["sparsity"],
-                "structured": details.get("structured"), "recovery_losses": details.get("recovery_losses")}
+    model, fmt, details = build_candidate(base_model, spec, data.calib_blocks, data.train_blocks, recovery_lr, seed)
+    manifest = {
+        "candidate": asdict(spec),
+        "label": spec.label(),
+        "sparsity": details["sparsity"],
+        "structured": details.get("structured"),
+        "recovery_losses": details.get("recovery_losses"),
+    }
     save_candidate(model, tokenizer, directory, fmt, manifest)
-    metrics = measure(directory, data["eval"], data["prompt"], layer_names, decode_tokens)
-    metrics |= {"sparsity": details["sparsity"], "format": fmt, "label": spec.label(),
-                "build_seconds": time.perf_counter() - started}
+    metrics = measure(directory, data.eval_blocks, data.prompt_ids, layer_names, decode_tokens)
+    metrics |= {
+        "sparsity": details["sparsity"],
+        "format": fmt,
+        "label": spec.label(),
+        "build_seconds": time.perf_counter() - started,
+    }
     record = read_manifest(directory) | {"metrics": metrics}
     atomic_write_text(Path(directory) / MANIFEST, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return metrics

@@ -19,8 +19,11 @@ def target_layers(model: nn.Module) -> dict[str, nn.Module]:
     it is the layer small models are most sensitive to.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, Conv1D)) and module is not head}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and module is not head
+    }
 
 
 def weight_rows(module: nn.Module) -> torch.Tensor:
@@ -36,8 +39,13 @@ def conv1d_to_linear(model: nn.Module) -> nn.Module:
     """Replace every Conv1D with the equivalent nn.Linear (same outputs), in place."""
     for name, module in list(model.named_modules()):
         if isinstance(module, Conv1D):
-            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1], bias=module.bias is not None,
-                               dtype=module.weight.dtype, device=module.weight.device)
+            linear = nn.Linear(
+                module.weight.shape[0],
+                module.weight.shape[1],
+                bias=module.bias is not None,
+                dtype=module.weight.dtype,
+                device=module.weight.device,
+            )
             with torch.no_grad():
                 linear.weight.copy_(module.weight.t())
                 if module.bias is not None:
@@ -55,8 +63,9 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def collect_input_norms(model: nn.Module, modules: dict[str, nn.Module], blocks: torch.Tensor,
-                        batch_size: int = 8) -> dict[str, torch.Tensor]:
+def collect_input_norms(
+    model: nn.Module, modules: dict[str, nn.Module], blocks: torch.Tensor, batch_size: int = 8
+) -> dict[str, torch.Tensor]:
     """L2 norm over all calibration tokens of each input feature of each module (Wanda's ||X_j||)."""
     sums = {name: None for name in modules}
 
@@ -65,6 +74,7 @@ def collect_input_norms(model: nn.Module, modules: dict[str, nn.Module], blocks:
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             sq = (x * x).sum(dim=0)
             sums[name] = sq if sums[name] is None else sums[name] + sq
+
         return hook
 
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
@@ -73,7 +83,7 @@ def collect_input_norms(model: nn.Module, modules: dict[str, nn.Module], blocks:
     try:
         with torch.no_grad():
             for start in range(0, len(blocks), batch_size):
-                model(input_ids=blocks[start:start + batch_size])
+                model(input_ids=blocks[start : start + batch_size])
     finally:
         for handle in handles:
             handle.remove()

@@ -10,14 +10,7 @@ import torch
 from torch import nn
 
 from minigpt_ray.compress.layers import collect_input_norms, target_layers, weight_rows
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """'unstructured' → None; 'N:M' → (N, M): keep at most N nonzeros in every M consecutive input weights."""
-    if pattern == "unstructured":
-        return None
-    n, m = (int(part) for part in pattern.split(":"))
-    return n, m
+from minigpt_ray.config.compress import parse_pattern
 
 
 def keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -64,13 +57,18 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
     mask = keep_largest(flat, sparsity)
     out, start = {}, 0
     for name, s in scores.items():
-        out[name] = mask[start:start + s.numel()].reshape(s.shape)
+        out[name] = mask[start : start + s.numel()].reshape(s.shape)
         start += s.numel()
     return out
 
 
-def prune_unstructured(model: nn.Module, method: str, sparsity: float, pattern: str = "unstructured",
-                       calib_blocks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def prune_unstructured(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    pattern: str = "unstructured",
+    calib_blocks: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Prune the target layers; method is magnitude, magnitude-global or wanda. Returns the keep-masks."""
     layers = target_layers(model)
     norms = None

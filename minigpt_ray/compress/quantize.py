@@ -14,9 +14,6 @@ from torch import nn
 
 from minigpt_ray.compress.layers import _set_submodule, conv1d_to_linear, target_layers
 
-QUANT_METHODS = ("none", "int8-weight", "int8-dynamic", "int4-weight")
-INT4_GROUP_SIZES = (32, 64, 128, 256)
-
 
 def torchao_config(method: str):
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
@@ -39,7 +36,7 @@ class Int4GroupLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int) -> "Int4GroupLinear":
+    def from_linear(cls, linear: nn.Linear, group_size: int) -> Int4GroupLinear:
         q = cls(linear.in_features, linear.out_features, group_size, linear.bias is not None, linear.weight.dtype)
         w = linear.weight.detach().float().reshape(linear.out_features, -1, group_size)
         low, high = w.amin(dim=2), w.amax(dim=2)
@@ -86,7 +83,8 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 0) -> nn.Mod
 def int4_shells(model: nn.Module, group_size: int) -> nn.Module:
     """Replace target linears with empty Int4GroupLinear modules, ready for load_state_dict."""
     for name, linear in target_layers(model).items():
-        shell = Int4GroupLinear(linear.in_features, linear.out_features, group_size, linear.bias is not None,
-                                linear.weight.dtype)
+        shell = Int4GroupLinear(
+            linear.in_features, linear.out_features, group_size, linear.bias is not None, linear.weight.dtype
+        )
         _set_submodule(model, name, shell)
     return model

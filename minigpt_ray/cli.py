@@ -1,0 +1,227 @@
+"""The `minigpt` command: parse a job's settings → call its one orchestration function → say where the outputs are.
+
+`minigpt finetune|sweep|serve|pipeline [--config FILE] [--<setting> VALUE ...]`; `jobs/*.py` call the same entry
+point, so `ray job submit -- python jobs/finetune.py ...` and `minigpt finetune ...` are one program. Bad settings
+end in one line on stderr naming the field or file and exit code 2, before Ray starts or anything is written.
+Progress and results go through `logging.getLogger("minigpt_ray")` (stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+
+from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, load_yaml, to_yaml
+from minigpt_ray.config.base import add_config_arguments, config_from_args
+from minigpt_ray.logs import configure_logging, get_logger
+
+log = get_logger()
+
+DESCRIPTION = """Train, fine-tune, compress and serve a small GPT as Ray jobs. `minigpt <job> --help` lists a job's
+settings; `jobs/<job>.py` is the same program for `ray job submit`."""
+
+FINETUNE_DOC = """Pretrain or fine-tune a GPT with Ray Train + DeepSpeed ZeRO.
+
+  minigpt finetune --config configs/pretrain.yaml                           # embedded local Ray
+  ray job submit --working-dir . -- python jobs/finetune.py --config ...    # on a running cluster
+
+Outputs under --output: model/ (HF directory), metrics.json, run_config.yaml, tokenizer/, checkpoints/,
+tensorboard/ (`tensorboard --logdir <output>/tensorboard`)."""
+
+SWEEP_DOC = """Compress a fine-tuned model: a Ray Tune sweep over pruning and quantization, the Pareto front, a winner.
+
+  minigpt sweep --model runs/finetune/model --data zh-reviews                # embedded local Ray
+  ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml   # on a running cluster
+
+Outputs under --output: pareto.csv, pareto.json, pareto.png, summary.md, trials.csv, baseline/, winner/ (the
+chosen candidate, loadable with minigpt_ray.compress.load_candidate), tune/ (Tune's results and TensorBoard logs).
+Exit status: 0 with a winner, 2 on a bad setting, 3 when no candidate meets the winner constraint."""
+
+SERVE_DOC = """Serve a model directory as an OpenAI-compatible, autoscaling HTTP endpoint with Ray Serve.
+
+  minigpt serve --model runs/sweep/winner                               # embedded Ray: serves until Ctrl-C
+  ray job submit --working-dir . -- python jobs/serve.py --model /shared/runs/sweep/winner   # deploys and exits
+
+Then: curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "minigpt", "prompt": "今天天气", "max_tokens": 32}'
+      serve status          # replicas and health;   serve shutdown -y   # remove the app"""
+
+PIPELINE_DOC = """One command from corpus to served model: pretrain → fine-tune → sweep → serve the winner → report.
+
+  minigpt pipeline --config configs/pipeline.yaml                       # embedded Ray; serves until Ctrl-C
+  minigpt pipeline --config configs/pipeline.yaml --stages pretrain,finetune   # some stages only
+  ray job submit --working-dir . -- python jobs/pipeline.py --config configs/pipeline.yaml --output /shared/runs/p
+
+Each section of the YAML (pretrain, finetune, sweep, serve) holds the settings of that stage's own job; a stage's
+model defaults to the previous stage's output. Re-running with the same --output skips finished stages.
+Report: <output>/report/report.md."""
+
+INGRESS = {
+    "haproxy": "HAProxy -> replicas",
+    "proxy": "Serve proxy (start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 for HAProxy ingress, less overhead per request)",
+}
+
+
+def run_finetune(cfg: TrainJobConfig) -> int:
+    from minigpt_ray.training.trainer import run_training  # late: --help and config errors stay instant
+
+    m = run_training(cfg)
+    log.info(
+        "val loss %.3f -> %.3f (ppl %.1f -> %.1f) in %d steps, %s tokens/s",
+        m["initial_val_loss"],
+        m["final_val_loss"],
+        m["initial_val_ppl"],
+        m["final_val_ppl"],
+        m["steps"],
+        f"{m['tokens_per_s']:,.0f}",
+    )
+    if "sample" in m:
+        log.info("sample: %s%s", m["sample"]["prompt"], m["sample"]["completion"])
+    log.info(
+        "model: %s/model  metrics: %s/metrics.json  curves: tensorboard --logdir %s/tensorboard",
+        cfg.output,
+        cfg.output,
+        cfg.output,
+    )
+    return 0
+
+
+def run_sweep_job(cfg: SweepJobConfig) -> int:
+    from minigpt_ray.sweep.pareto import NoWinnerError
+    from minigpt_ray.sweep.tuner import run_sweep
+
+    try:
+        run_sweep(cfg)
+    except NoWinnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        log.info("reports (no winner): %s/summary.md", cfg.output)
+        return 3
+    log.info("winner: %s/winner  front: %s/pareto.csv  plot: %s/pareto.png", cfg.output, cfg.output, cfg.output)
+    return 0
+
+
+def on_cluster(ray_address: str) -> bool:
+    """Joined a running cluster (its apps outlive this process) rather than an embedded Ray."""
+    return bool(ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def run_serve(cfg: ServeJobConfig) -> int:
+    from minigpt_ray.serving.app import cluster_ingress_mode, deploy, serve_until_interrupted
+
+    url = deploy(cfg)
+    s = cfg.scaling
+    log.info(
+        "serving %s as %r at %s/v1/completions (app %r, %d-%d replicas, ingress: %s)",
+        cfg.model,
+        cfg.model_name,
+        url,
+        cfg.app_name,
+        s.min_replicas,
+        s.max_replicas,
+        INGRESS[cluster_ingress_mode()],
+    )
+    log.info(
+        "try: curl %s/v1/completions -H 'Content-Type: application/json' "
+        '-d \'{"prompt": "今天天气", "max_tokens": 32}\'',
+        url,
+    )
+    if on_cluster(cfg.ray_address):
+        log.info("deployed on the cluster; `serve status` shows it, `serve shutdown -y` removes it")
+        return 0
+    serve_until_interrupted()  # embedded Ray: the app lives as long as this process
+    return 0
+
+
+def run_pipeline_job(args: argparse.Namespace) -> int:
+    from minigpt_ray.pipeline.run import plan_pipeline, run_pipeline
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] or None
+    plan = plan_pipeline(load_yaml(args.config), args.output, stages)
+    if args.print_config:
+        print(
+            to_yaml_sections(
+                {"output": str(plan.output), "stages": plan.stages, "prompts": plan.prompts, **plan.configs}
+            )
+        )
+        return 0
+    state = run_pipeline(plan)
+    log.info("report: %s", state["report"])
+    if "serve" not in plan.stages:
+        return 0
+    log.info("endpoint up: %s/v1/completions", state["stages"]["serve"]["url"])
+    if args.no_block or on_cluster(plan.configs["serve"].ray_address):
+        return 0
+    from minigpt_ray.serving.app import serve_until_interrupted
+
+    log.info("serving until Ctrl-C")
+    serve_until_interrupted()
+    return 0
+
+
+def to_yaml_sections(values: dict) -> str:
+    import yaml
+
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}
+    return yaml.safe_dump(plain, allow_unicode=True, sort_keys=False)
+
+
+JOBS: dict[str, tuple[type, str, Callable]] = {
+    "finetune": (TrainJobConfig, FINETUNE_DOC, run_finetune),
+    "sweep": (SweepJobConfig, SWEEP_DOC, run_sweep_job),
+    "serve": (ServeJobConfig, SERVE_DOC, run_serve),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minigpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,sweep,serve,pipeline}")
+    for name, (root, doc, _) in JOBS.items():
+        sub = commands.add_parser(
+            name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        add_config_arguments(sub, root)
+    pipeline = commands.add_parser(
+        "pipeline",
+        help=PIPELINE_DOC.splitlines()[0],
+        description=PIPELINE_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pipeline.add_argument("--config", default="configs/pipeline.yaml", help="pipeline YAML (sections per stage)")
+    pipeline.add_argument("--output", default="", help="output directory (default: the YAML's output)")
+    pipeline.add_argument("--stages", default="", help="comma-separated subset of pretrain,finetune,sweep,serve")
+    pipeline.add_argument(
+        "--no-block",
+        action="store_true",
+        help="return after the report instead of serving "
+        "until Ctrl-C (an embedded Ray's endpoint stops with the process)",
+    )
+    pipeline.add_argument(
+        "--print-config", action="store_true", help="print every stage's resolved settings as YAML and exit"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        if args.command == "pipeline":
+            return run_pipeline_job(args)
+        root, _, run = JOBS[args.command]
+        cfg = config_from_args(args, root)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        return run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Settings of the Serve app (`minigpt serve`, `jobs/serve.py`, `serve run`/`serve deploy` via `app_builder`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minigpt_ray.config.base import ConfigError, require
+
+
+@dataclass
+class ReplicaScalingConfig:
+    """How many replicas run and what each one reserves (Serve's autoscaling_config and actor options)."""
+
+    min_replicas: int = 1
+    """Fewest replicas kept running (0 allows scale to zero, paying a cold start)."""
+    max_replicas: int = 2
+    """Most replicas the autoscaler may start."""
+    target_ongoing_requests: float = 4.0
+    """Autoscaling target: in-flight requests per replica; more load than this adds replicas."""
+    upscale_delay_s: float = 5.0
+    """Seconds the load must stay above target before a replica is added."""
+    downscale_delay_s: float = 30.0
+    """Seconds the load must stay below target before a replica is removed."""
+    metrics_window_s: float = 30.0
+    """Seconds of request-count history the autoscaler averages over (Serve's look_back_period_s)."""
+    max_ongoing_requests: int = 32
+    """Requests one replica accepts at once (more wait in the proxy's queue)."""
+    cpus_per_replica: float = 1.0
+    """CPUs reserved per replica (also its torch threads, at least 1)."""
+    gpus_per_replica: float = 0.0
+    """GPUs per replica (the model moves to cuda when > 0)."""
+
+
+@dataclass
+class BatchingConfig:
+    max_batch_size: int = 8
+    """Most requests decoded together on a replica (1 = no batching). Batching is continuous: a request joins the
+    running batch at the next decode step and leaves it as soon as it ends; beyond this many, requests queue."""
+    continuous: bool = True
+    """False = static batching: a batch decodes until its last request ends before queued requests start (short
+    requests then wait for long batch-mates; bench/serve_load.py compares both)."""
+    batch_wait_timeout_s: float = 0.0
+    """When a replica is idle, how long the first request waits for others to share its prefill. Requests that
+    arrive later join the running batch without waiting, so 0 (start at once) is right for most loads."""
+
+
+@dataclass
+class LimitsConfig:
+    max_prompt_tokens: int = 512
+    """Longest prompt accepted, in tokens."""
+    prompt_overflow: str = "error"
+    """Longer prompts: error (HTTP 400, code context_length_exceeded) or truncate-left (keep the last tokens)."""
+    max_new_tokens: int = 256
+    """Cap on a request's max_tokens (larger → HTTP 400)."""
+    default_max_tokens: int = 16
+    """max_tokens when a request gives none (OpenAI's default)."""
+    max_body_bytes: int = 65536
+    """Largest request body (larger → HTTP 413)."""
+    request_timeout_s: float = 60.0
+    """A non-streaming request running longer gets HTTP 504; a stream is ended with an error event."""
+
+
+@dataclass
+class ServeJobConfig:
+    """Settings of one served model: where it is, how it is reached, scaled, batched and limited."""
+
+    model: str = "runs/sweep/winner"
+    """Model directory to serve: a sweep candidate (winner/, any format), a fine-tuned model/ or any HF causal LM
+    directory with its tokenizer."""
+    model_name: str = "minigpt"
+    """Model id listed by /v1/models; requests naming another model get HTTP 404."""
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds (0.0.0.0 to accept other machines)."""
+    port: int = 8000
+    """HTTP port of the proxy."""
+    app_name: str = "minigpt"
+    """Serve application name (serve status, serve shutdown)."""
+    route_prefix: str = "/"
+    """URL prefix of the app's routes (/v1/completions lives under it); apps on one cluster need distinct ones."""
+    ray_address: str = ""
+    """Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else an embedded local Ray)."""
+    scaling: ReplicaScalingConfig = field(default_factory=ReplicaScalingConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def validate(self) -> ServeJobConfig:
+        validate_serve(self)
+        check_model_dir(self.model)
+        return self
+
+
+def check_model_dir(model: str) -> None:
+    directory = Path(model)
+    if not directory.is_dir():
+        raise ConfigError(f"model: directory {model} does not exist")
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"model: {model} has no config.json (not a model directory)")
+
+
+def validate_serve(cfg: ServeJobConfig) -> None:
+    """Every setting but the model directory (which a pipeline creates in an earlier stage)."""
+    s, b, lim = cfg.scaling, cfg.batching, cfg.limits
+    require(bool(cfg.model.strip()), "model", "must name a model directory", cfg.model)
+    require(bool(cfg.model_name.strip()), "model_name", "must not be empty", cfg.model_name)
+    require(1 <= cfg.port <= 65535, "port", "must be in [1, 65535]", cfg.port)
+    require(s.min_replicas >= 0, "scaling.min_replicas", "must be >= 0", s.min_replicas)
+    require(
+        s.max_replicas >= max(1, s.min_replicas),
+        "scaling.max_replicas",
+        "must be >= max(1, min_replicas)",
+        s.max_replicas,
+    )
+    require(s.target_ongoing_requests > 0, "scaling.target_ongoing_requests", "must be > 0", s.target_ongoing_requests)
+    require(s.upscale_delay_s >= 0, "scaling.upscale_delay_s", "must be >= 0", s.upscale_delay_s)
+    require(s.metrics_window_s > 0, "scaling.metrics_window_s", "must be > 0", s.metrics_window_s)
+    require(cfg.route_prefix.startswith("/"), "route_prefix", "must start with /", cfg.route_prefix)
+    require(s.downscale_delay_s >= 0, "scaling.downscale_delay_s", "must be >= 0", s.downscale_delay_s)
+    require(s.max_ongoing_requests >= 1, "scaling.max_ongoing_requests", "must be >= 1", s.max_ongoing_requests)
+    require(s.cpus_per_replica >= 0, "scaling.cpus_per_replica", "must be >= 0", s.cpus_per_replica)
+    require(s.gpus_per_replica >= 0, "scaling.gpus_per_replica", "must be >= 0", s.gpus_per_replica)
+    require(b.max_batch_size >= 1, "batching.max_batch_size", "must be >= 1", b.max_batch_size)
+    require(b.batch_wait_timeout_s >= 0, "batching.batch_wait_timeout_s", "must be >= 0", b.batch_wait_timeout_s)
+    require(lim.max_prompt_tokens >= 1, "limits.max_prompt_tokens", "must be >= 1", lim.max_prompt_tokens)
+    require(
+        lim.prompt_overflow in ("error", "truncate-left"),
+        "limits.prompt_overflow",
+        "must be error or truncate-left",
+        lim.prompt_overflow,
+    )
+    require(lim.max_new_tokens >= 1, "limits.max_new_tokens", "must be >= 1", lim.max_new_tokens)
+    require(
+        1 <= lim.default_max_tokens <= lim.max_new_tokens,
+        "limits.default_max_tokens",
+        "must be in [1, max_new_tokens]",
+        lim.default_max_tokens,
+    )
+    require(lim.max_body_bytes >= 1024, "limits.max_body_bytes", "must be >= 1024", lim.max_body_bytes)
+    require(lim.request_timeout_s > 0, "limits.request_timeout_s", "must be > 0", lim.request_timeout_s)

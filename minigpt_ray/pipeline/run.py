@@ -1,0 +1,195 @@
+"""Corpus → tokenizer → pretrain → fine-tune → compression sweep → serve the winner → report, as one Ray job.
+
+Each stage is the library call its own job makes (run_training, run_sweep, deploy), with its typed config taken
+from one section of the pipeline YAML; a stage's model defaults to the previous stage's output. Every section is
+validated before the first stage starts. Finished stages are recorded in <output>/pipeline_state.json and skipped
+when the pipeline is re-run with the same output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, from_dict
+from minigpt_ray.config.serve import check_model_dir, validate_serve
+from minigpt_ray.logs import get_logger
+from minigpt_ray.outputs import atomic_write_text
+
+log = get_logger()
+
+STAGES = ("pretrain", "finetune", "sweep", "serve")
+STATE_FILE = "pipeline_state.json"
+DONE_MARKERS = {"pretrain": "model/config.json", "finetune": "model/config.json", "sweep": "winner/manifest.json"}
+
+
+@dataclass
+class PipelinePlan:
+    output: Path
+    stages: list[str]
+    configs: dict
+    prompts: list[str]
+
+
+def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = None) -> PipelinePlan:
+    """Typed, validated configs for every stage (nothing runs, nothing is written)."""
+    output = Path(output or values.get("output") or "runs/pipeline")
+    unknown = set(values) - {"output", "stages", "prompts", *STAGES}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown setting (sections: {', '.join(STAGES)})")
+    stages = list(stages or values.get("stages") or STAGES)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"stages: unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
+    models = {
+        "pretrain": None,
+        "finetune": output / "pretrain" / "model",
+        "sweep": output / "finetune" / "model",
+        "serve": output / "sweep" / "winner",
+    }
+    configs = {}
+    job_configs = (
+        ("pretrain", TrainJobConfig),
+        ("finetune", TrainJobConfig),
+        ("sweep", SweepJobConfig),
+        ("serve", ServeJobConfig),
+    )
+    for stage, cls in job_configs:
+        section = values.get(stage) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{stage}: expected a mapping of settings")
+        cfg = _stage_config(stage, section, cls)
+        if cls is not ServeJobConfig:
+            cfg.output = str(output / stage)
+        default_model = models[stage]
+        if default_model is not None and not _model_given(stage, section):
+            _set_model(cfg, str(default_model))
+        try:
+            validate_serve(cfg) if cls is ServeJobConfig else cfg.validate()
+        except ConfigError as err:
+            raise ConfigError(f"{stage}.{err}") from None
+        configs[stage] = cfg
+    return PipelinePlan(output, stages, configs, list(values.get("prompts") or ["今天天气"]))
+
+
+def _stage_config(stage: str, section: dict, cls):
+    try:
+        return from_dict(section, cls)
+    except ConfigError as err:
+        raise ConfigError(f"{stage}.{err}") from None
+
+
+def _model_given(stage: str, section: dict) -> bool:
+    return "name" in (section.get("model") or {}) if stage in ("pretrain", "finetune") else "model" in section
+
+
+def _set_model(cfg, model: str) -> None:
+    if isinstance(cfg, TrainJobConfig):
+        cfg.model.name = model
+    else:
+        cfg.model = model
+
+
+def _resources(stage: str, cfg) -> str:
+    if stage in ("pretrain", "finetune"):
+        t = cfg.train
+        return f"{t.num_workers} workers × {t.cpus_per_worker:g} CPU, ZeRO-{t.zero_stage}, {t.precision}"
+    if stage == "sweep":
+        from minigpt_ray.sweep.prepare import grid_specs
+
+        s = cfg.search
+        trials = len(grid_specs(cfg)) if s.algorithm == "grid" else s.num_samples
+        return f"{s.algorithm}, {trials} trials, {s.max_concurrent} × {s.cpus_per_trial:g} CPU"
+    s = cfg.scaling
+    return f"{s.min_replicas}-{s.max_replicas} replicas × {s.cpus_per_replica:g} CPU"
+
+
+def _load_state(output: Path) -> dict:
+    path = output / STATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"stages": {}}
+
+
+def _finished(plan: PipelinePlan, state: dict, stage: str) -> bool:
+    marker = DONE_MARKERS.get(stage)
+    return stage in state["stages"] and marker is not None and (plan.output / stage / marker).is_file()
+
+
+def _run_stage(stage: str, cfg) -> tuple[str, dict]:
+    """Run one stage; returns (one-line result, extra state)."""
+    if stage in ("pretrain", "finetune"):
+        from minigpt_ray.training.trainer import run_training
+
+        m = run_training(cfg)
+        return (
+            f"val loss {m['initial_val_loss']:.3f} → {m['final_val_loss']:.3f} in {m['steps']} steps, "
+            f"{m['tokens_per_s']:,.0f} tokens/s"
+        ), {}
+    if stage == "sweep":
+        from minigpt_ray.sweep.tuner import run_sweep
+
+        r = run_sweep(cfg)
+        w = r["winner"]
+        return (
+            f"{len(r['rows']) - 1} trials, front of {len(r['front'])}; winner {w['label']}: ppl "
+            f"{w['perplexity']:.3f} ({w['ppl_ratio']:.3f}×), {w['size_mb']:.3f} MB ({w['bytes_ratio']:.3f}×)"
+        ), {}
+    from minigpt_ray.serving.app import deploy
+
+    check_model_dir(cfg.model)
+    url = deploy(cfg)
+    return f"serving {cfg.model_name!r} at {url}/v1/completions", {"url": url}
+
+
+def run_pipeline(plan: PipelinePlan) -> dict:
+    """Run the planned stages in order (skipping finished ones), then write the report. Returns the state."""
+    plan.output.mkdir(parents=True, exist_ok=True)
+    state = _load_state(plan.output)
+    for stage in plan.stages:
+        if stage != "serve" and _finished(plan, state, stage):
+            log.info("pipeline: %s already finished (%s); skipped", stage, state["stages"][stage]["result"])
+            continue
+        log.info("pipeline: stage %s starting", stage)
+        started = time.time()
+        result, extra = _run_stage(stage, plan.configs[stage])
+        state["stages"][stage] = {
+            "seconds": time.time() - started,
+            "resources": _resources(stage, plan.configs[stage]),
+            "result": result,
+            **extra,
+        }
+        atomic_write_text(plan.output / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+        log.info("pipeline: %s done in %.0f s: %s", stage, state["stages"][stage]["seconds"], result)
+    endpoint = None
+    if "serve" in plan.stages:
+        serve_cfg = plan.configs["serve"]
+        endpoint = {
+            "url": state["stages"]["serve"]["url"],
+            "model_name": serve_cfg.model_name,
+            "prompt": plan.prompts[0],
+        }
+    state["report"] = str(write_pipeline_report(plan, state, endpoint))
+    return state
+
+
+def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
+    from minigpt_ray.compress.artifact import load_model_dir
+    from minigpt_ray.modeling.model import sample_text
+
+    samples = {}
+    for label, directory in (
+        ("base (pretrained)", plan.output / "pretrain" / "model"),
+        ("fine-tuned", plan.output / "finetune" / "model"),
+        ("winner (compressed)", plan.output / "sweep" / "winner"),
+    ):
+        if (directory / "config.json").is_file():
+            model, tokenizer = load_model_dir(directory)
+            samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
+    return samples
+
+
+def write_pipeline_report(plan: PipelinePlan, state: dict, endpoint: dict | None) -> Path:
+    from minigpt_ray.pipeline.report import write_report
+
+    return write_report(plan.output, state, _samples(plan), endpoint)

@@ -1,0 +1,245 @@
+"""Ray Serve app: an autoscaling, OpenAI-compatible completion endpoint for a model directory.
+
+Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Concurrent requests on a replica
+are decoded together with continuous batching (`decode_engine`: requests join and leave a running batch between
+decode steps). Validation lives in `openai_api`, decoding in `generation`/`decode_engine`; this module only wires
+them to Serve and FastAPI.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import ray
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve import metrics
+
+from minigpt_ray.compress.artifact import load_model_dir
+from minigpt_ray.config import ServeJobConfig, from_dict
+from minigpt_ray.logs import get_logger
+from minigpt_ray.modeling.model import max_positions
+from minigpt_ray.serving.engine import DecodeEngine
+from minigpt_ray.serving.generation import GenerationRequest
+from minigpt_ray.serving.openai_api import (
+    STREAM_DONE,
+    ApiError,
+    completion_body,
+    completion_id,
+    decode_body,
+    parse_completion,
+    stream_event,
+)
+
+log = get_logger()
+
+
+def ingress_mode() -> str:
+    """How HTTP reaches replicas in this process's cluster: "haproxy" (HAProxy → an HTTP server in each replica,
+    when Ray was started with RAY_SERVE_ENABLE_HA_PROXY=1) or "proxy" (Serve's proxy actor → replica actor calls).
+    Defined above the deployment class: Serve pickles that class when it is decorated."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
+
+api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
+
+
+@serve.deployment(name="CompletionServer")
+@serve.ingress(api)
+class CompletionServer:
+    def __init__(self, cfg: ServeJobConfig):
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_replica)))
+        self.model, self.tokenizer = load_model_dir(cfg.model)
+        self.device = "cuda" if cfg.scaling.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
+        self.context_window = max_positions(self.model.config) or None
+        b = cfg.batching
+        self.engine = DecodeEngine(
+            self.model, self.tokenizer, b.max_batch_size, b.batch_wait_timeout_s, b.continuous, on_step=self._count_step
+        )
+        self.requests = metrics.Counter("minigpt_requests", "Completion requests by HTTP status", tag_keys=("status",))
+        self.tokens = metrics.Counter("minigpt_generated_tokens", "Tokens generated")
+        self.errors = metrics.Counter("minigpt_request_errors", "Requests answered with an error", tag_keys=("status",))
+        self.ttft = metrics.Histogram(
+            "minigpt_time_to_first_token_s",
+            "Seconds from request to first token",
+            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+        )
+        self.batch_sizes = metrics.Histogram(
+            "minigpt_batch_size", "Requests decoded together, per decode step", boundaries=[1, 2, 4, 8, 16, 32]
+        )
+
+    def _count_step(self, rows: int, tokens: int) -> None:
+        self.batch_sizes.observe(rows)
+        if tokens:
+            self.tokens.inc(tokens)
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        import resource
+
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {
+            "status": "ok",
+            "model": self.name,
+            "device": str(self.device),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            "ingress": ingress_mode(),
+        }
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        return {
+            "object": "list",
+            "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "minigpt_ray"}],
+        }
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        started = time.perf_counter()
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > self.limits.max_body_bytes:
+                raise ApiError(
+                    413,
+                    f"body: {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
+                    None,
+                    "body_too_large",
+                )
+            body = decode_body(await request.body(), self.limits)
+            parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
+        except ApiError as err:
+            return self._error(err)
+        cid = completion_id()
+        if parsed.stream:
+            self.requests.inc(tags={"status": "200"})
+            return StreamingResponse(self._sse(parsed.request, cid, started), media_type="text/event-stream")
+        try:
+            text, reason, count, batch = await asyncio.wait_for(self._collect(parsed.request, started), self.timeout)
+        except TimeoutError:
+            return self._error(ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout"))
+        except Exception as err:  # noqa: BLE001 - a failed decode step answers JSON, like every other error
+            return self._error(ApiError(500, f"generation failed: {type(err).__name__}: {err}", None, "server_error"))
+        self.requests.inc(tags={"status": "200"})
+        # The most requests decoded together while this one ran: lets operators (and tests) see batching happen.
+        return JSONResponse(
+            completion_body(cid, self.name, text, reason, parsed.prompt_tokens, count),
+            headers={
+                "x-minigpt-batch-size": str(batch),
+                "x-minigpt-server-ms": f"{1000 * (time.perf_counter() - started):.1f}",
+            },
+        )
+
+    def _error(self, err: ApiError) -> JSONResponse:
+        self.requests.inc(tags={"status": str(err.status)})
+        self.errors.inc(tags={"status": str(err.status)})
+        return JSONResponse(err.body(), status_code=err.status)
+
+    async def _chunks(self, gen_request: GenerationRequest, started: float):
+        first = True
+        # aclosing: leaving early (timeout, client gone) frees the request's batch row right away
+        async with contextlib.aclosing(self.engine.generate(gen_request)) as chunks:
+            async for chunk in chunks:
+                if first:
+                    self.ttft.observe(time.perf_counter() - started)
+                    first = False
+                yield chunk
+
+    async def _collect(self, gen_request: GenerationRequest, started: float) -> tuple[str, str, int, int]:
+        pieces, reason, count, batch = [], "length", 0, 1
+        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+            async for chunk in chunks:
+                pieces.append(chunk.text)
+                reason, count = chunk.finish_reason or reason, chunk.completion_tokens
+                batch = max(batch, chunk.batch_size)
+        return "".join(pieces), reason, count, batch
+
+    async def _sse(self, gen_request: GenerationRequest, cid: str, started: float):
+        deadline = started + self.timeout
+        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+            while True:
+                try:  # the deadline holds while a request still queues for a batch row, too
+                    chunk = await asyncio.wait_for(anext(chunks), max(0.0, deadline - time.perf_counter()))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
+                    self.errors.inc(tags={"status": "504"})
+                    yield f"data: {json.dumps(error.body())}\n\n"
+                    break
+                if chunk.text or chunk.finish_reason:
+                    yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
+        yield STREAM_DONE
+
+
+def build_app(cfg: ServeJobConfig):
+    """The Serve application for a validated config (the model path made absolute: replicas may run elsewhere)."""
+    s = cfg.scaling
+    cfg = dataclasses.replace(cfg, model=str(Path(cfg.model).resolve()))
+    deployment = CompletionServer.options(
+        autoscaling_config={
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "initial_replicas": max(1, s.min_replicas),
+            "target_ongoing_requests": s.target_ongoing_requests,
+            "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s,
+            "look_back_period_s": s.metrics_window_s,
+        },
+        max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+    )
+    return deployment.bind(cfg)
+
+
+def app_builder(args: dict):
+    """Entry point for `serve run minigpt_ray.serving.app:app_builder model=...` and Serve config files (args = the
+    ServeJobConfig settings, nested sections as mappings)."""
+    return build_app(from_dict(dict(args), ServeJobConfig).validate())
+
+
+def cluster_ingress_mode() -> str:
+    """ingress_mode() as the cluster's processes see it (a `ray start` environment, not this driver's)."""
+    return ray.get(ray.remote(num_cpus=0)(ingress_mode).remote())
+
+
+def deploy(cfg: ServeJobConfig) -> str:
+    """Start Serve's HTTP ingress (HAProxy or Serve's proxy, as the cluster was started) on cfg.host:cfg.port (if
+    Serve is not already up) and (re)deploy the app. Returns the base URL once the app is running."""
+    from minigpt_ray.cluster import connect_ray
+
+    connect_ray(cfg.ray_address)
+    if (
+        cfg.host in ("127.0.0.1", "localhost")
+        and len([n for n in ray.nodes() if n["Alive"]]) > 1
+        and cluster_ingress_mode() == "haproxy"
+    ):
+        log.warning(
+            "warning: HAProxy ingress binds replicas to `host` too; replicas on other nodes are unreachable "
+            "at 127.0.0.1 — serve with --host 0.0.0.0 inside a private network"
+        )
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C or SIGTERM, then shut Serve down (for an embedded Ray, whose apps die with the process).
+    Ray leaves SIGINT at its default (die at once), so both signals are caught here."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down")
+    serve.shutdown()

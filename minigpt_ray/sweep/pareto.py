@@ -1,0 +1,209 @@
+"""Pareto front, winner choice and the sweep's report files. Pure Python + matplotlib; no Ray.
+
+A row is one candidate: {"trial", "label", "status", "perplexity", "size_mb", "decode_tokens_per_s", ...}.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from minigpt_ray.config.sweep import OBJECTIVE_MODES
+from minigpt_ray.outputs import atomic_write_text
+
+CSV_FIELDS = [
+    "trial",
+    "label",
+    "status",
+    "on_front",
+    "perplexity",
+    "ppl_ratio",
+    "size_mb",
+    "bytes_ratio",
+    "linear_bytes_ratio",
+    "decode_tokens_per_s",
+    "decode_ratio",
+    "params",
+    "sparsity",
+    "format",
+    "method",
+    "sparsity_setting",
+    "pattern",
+    "quant",
+    "group_size",
+    "recovery_steps",
+    "error",
+]
+
+
+class NoWinnerError(ValueError):
+    """No candidate meets the winner constraint; the message lists the closest ones."""
+
+
+def _better_or_equal(a: dict, b: dict, objectives: list[str]) -> bool:
+    return all((a[o] <= b[o]) if OBJECTIVE_MODES[o] == "min" else (a[o] >= b[o]) for o in objectives)
+
+
+def dominates(a: dict, b: dict, objectives: list[str]) -> bool:
+    """a is at least as good on every objective and strictly better on one."""
+    return _better_or_equal(a, b, objectives) and any(a[o] != b[o] for o in objectives)
+
+
+def pareto_front(rows: list[dict], objectives: list[str]) -> list[dict]:
+    """Successful rows no other successful row dominates, sorted by the first objective."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    front = [r for r in ok if not any(dominates(o, r, objectives) for o in ok if o is not r)]
+    unique, seen = [], set()
+    for r in front:  # equal points (e.g. an uncompressed trial and the baseline): keep the first
+        key = tuple(r[o] for o in objectives)
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return sorted(unique, key=lambda r: [r[o] for o in objectives])
+
+
+def constraint_text(baseline_ppl: float, max_ppl_ratio: float, max_ppl: float, max_size_mb: float) -> str:
+    parts = [f"perplexity <= {max_ppl_ratio:g} x uncompressed ({baseline_ppl * max_ppl_ratio:.3f})"]
+    if max_ppl:
+        parts.append(f"perplexity <= {max_ppl:g}")
+    if max_size_mb:
+        parts.append(f"size <= {max_size_mb:g} MB")
+    return " and ".join(parts)
+
+
+def choose_winner(
+    rows: list[dict], baseline_ppl: float, max_ppl_ratio: float = 1.05, max_ppl: float = 0.0, max_size_mb: float = 0.0
+) -> dict:
+    """Smallest on-disk candidate meeting every constraint (ties: lower perplexity)."""
+    limit = baseline_ppl * max_ppl_ratio
+    if max_ppl:
+        limit = min(limit, max_ppl)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    meets = [r for r in ok if r["perplexity"] <= limit and (not max_size_mb or r["size_mb"] <= max_size_mb)]
+    if meets:
+        return min(meets, key=lambda r: (r["size_mb"], r["perplexity"]))
+    closest = sorted(ok, key=lambda r: max(r["perplexity"] / limit, r["size_mb"] / max_size_mb if max_size_mb else 0))
+    listed = "; ".join(f"{r['label']} (ppl {r['perplexity']:.3f}, {r['size_mb']:.3f} MB)" for r in closest[:3])
+    raise NoWinnerError(
+        f"winner: no candidate meets {constraint_text(baseline_ppl, max_ppl_ratio, max_ppl, max_size_mb)}"
+        f"; closest: {listed or 'none (every trial failed)'}"
+    )
+
+
+def add_ratios(rows: list[dict], baseline: dict) -> None:
+    for r in rows:
+        if r.get("status") == "ok":
+            r["ppl_ratio"] = r["perplexity"] / baseline["perplexity"]
+            r["bytes_ratio"] = r["weights_bytes"] / baseline["weights_bytes"]
+            r["linear_bytes_ratio"] = r["linear_bytes"] / baseline["linear_bytes"]
+            r["decode_ratio"] = r["decode_tokens_per_s"] / baseline["decode_tokens_per_s"]
+
+
+def rows_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def plot_front(rows: list[dict], front: list[dict], baseline: dict, winner: dict | None, path: Path) -> None:
+    """Size vs perplexity: every trial, the front highlighted, the baseline and winner marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter([r["size_mb"] for r in ok], [r["perplexity"] for r in ok], c="#9aa5b1", s=22, label="trials")
+    ax.plot(
+        [r["size_mb"] for r in front], [r["perplexity"] for r in front], "-o", c="#d9480f", ms=6, label="Pareto front"
+    )
+    ax.scatter([baseline["size_mb"]], [baseline["perplexity"]], marker="s", c="black", s=60, label="uncompressed")
+    if winner is not None:
+        ax.scatter(
+            [winner["size_mb"]],
+            [winner["perplexity"]],
+            marker="*",
+            c="#2b8a3e",
+            s=260,
+            zorder=5,
+            label=f"winner: {winner['label']}",
+        )
+    ax.set_xlabel("weights on disk (MB)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Compression sweep: size vs perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def summary_markdown(
+    rows: list[dict], front: list[dict], baseline: dict, winner: dict | None, constraint: str, objectives: list[str]
+) -> str:
+    failed = [r for r in rows if r.get("status") != "ok"]
+    lines = [
+        "# Compression sweep",
+        "",
+        f"{len(rows) - 1} trials ({len(failed)} failed) and the uncompressed baseline; objectives: "
+        f"{', '.join(objectives)}.",
+        f"Uncompressed: perplexity {baseline['perplexity']:.3f}, {baseline['size_mb']:.3f} MB of weights, "
+        f"{baseline['decode_tokens_per_s']:.0f} decode tokens/s.",
+        "",
+        "## Pareto front",
+        "",
+        "| candidate | perplexity (x base) | MB (x base) | decode tok/s (x base) | sparsity |",
+        "|---|---|---|---|---|",
+    ]
+    for r in front:
+        lines.append(
+            f"| {r['label']} | {r['perplexity']:.3f} ({r['ppl_ratio']:.3f}) | {r['size_mb']:.3f} "
+            f"({r['bytes_ratio']:.3f}) | {r['decode_tokens_per_s']:.0f} ({r['decode_ratio']:.2f}) | "
+            f"{r['sparsity']:.2f} |"
+        )
+    lines += ["", "## Winner", "", f"Constraint: {constraint}.", ""]
+    if winner is not None:
+        lines.append(
+            f"**{winner['label']}** (trial {winner['trial']}): perplexity {winner['perplexity']:.3f}, "
+            f"{winner['size_mb']:.3f} MB — in `winner/`."
+        )
+    else:
+        lines.append("No candidate met the constraint.")
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- {r['trial']} {r['label']}: {r.get('error', '')}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    output: Path,
+    rows: list[dict],
+    front: list[dict],
+    baseline: dict,
+    winner: dict | None,
+    constraint: str,
+    objectives: list[str],
+) -> None:
+    front_ids = {r["trial"] for r in front}
+    for r in rows:
+        r["on_front"] = r["trial"] in front_ids
+    atomic_write_text(output / "trials.csv", rows_csv(rows))
+    atomic_write_text(output / "pareto.csv", rows_csv(front))
+    payload = {
+        "objectives": objectives,
+        "baseline": baseline,
+        "front": front,
+        "winner": winner,
+        "constraint": constraint,
+        "trials": rows,
+    }
+    atomic_write_text(output / "pareto.json", json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    plot_front(rows, front, baseline, winner, output / "pareto.png")
+    atomic_write_text(output / "summary.md", summary_markdown(rows, front, baseline, winner, constraint, objectives))

@@ -1,0 +1,96 @@
+"""Everything a sweep needs before a trial starts, with no Ray and no writes: the model resolved and loaded, its
+tokenizer, the calibration and evaluation blocks, and every candidate of the search space checked against the
+model's layers. Bad input fails here with a ConfigError naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minigpt_ray.compress.candidate import CalibrationData, check_fits_model
+from minigpt_ray.config import CandidateError, CandidateSpec, ConfigError, SweepJobConfig
+from minigpt_ray.config.sweep import search_choices
+from minigpt_ray.data.corpora import load_documents, split_documents
+from minigpt_ray.data.packing import pack_blocks, tokenize_texts
+from minigpt_ray.modeling.source import ModelSource, resolve_model
+
+PROMPT_TOKENS = 8
+
+
+@dataclass
+class SweepInputs:
+    source: ModelSource
+    tokenizer: object
+    base: torch.nn.Module
+    """The uncompressed model, in eval mode."""
+    data: CalibrationData
+    specs: list[CandidateSpec]
+    """Every distinct candidate of the search space (the uncompressed baseline excluded)."""
+
+
+def _blocks(tokenizer, docs, block_size: int, split: str, limit: int = 0) -> torch.Tensor:
+    blocks = pack_blocks(tokenize_texts(tokenizer, [d.text for d in docs]), block_size)
+    if len(blocks) == 0:
+        raise ConfigError(
+            f"data.sources: the {split} split holds no full block of {block_size} tokens; give more "
+            f"text or lower data.block_size"
+        )
+    blocks = torch.from_numpy(blocks[:limit] if limit else blocks).long()
+    return blocks
+
+
+def load_base_model(name: str):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury the sweep's own lines
+    return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
+
+
+def grid_specs(cfg: SweepJobConfig) -> list[CandidateSpec]:
+    """Every distinct normalized combination of the search space (settings that do not apply collapse)."""
+    specs: list[CandidateSpec] = []
+    combos = [{}]
+    for key, values in search_choices(cfg.search).items():
+        combos = [c | {key: v} for c in combos for v in values]
+    for combo in combos:
+        if combo["quant"] != "int4-weight":
+            combo["group_size"] = 0
+        spec = CandidateSpec(**combo).normalized()
+        if spec not in specs and spec != CandidateSpec():  # the uncompressed model is the baseline, run once
+            specs.append(spec)
+    return specs
+
+
+def prepare_sweep(cfg: SweepJobConfig) -> SweepInputs:
+    """Model, tokenizer and data blocks, every spec checked against the model. No Ray, nothing written."""
+    specs = grid_specs(cfg)
+    if not specs:
+        raise ConfigError(
+            "search: empty search space: only the uncompressed model (the baseline) is in it; add a "
+            "pruning method or a quantization"
+        )
+    source = resolve_model(cfg.model, field="model", presets=False)
+    source.check_block_size(cfg.data.block_size)
+    tokenizer = source.tokenizer()
+    docs = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
+    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction)
+    eval_blocks = _blocks(tokenizer, val_docs, cfg.data.block_size, "validation", cfg.measure.eval_blocks)
+    train_blocks = _blocks(tokenizer, train_docs, cfg.data.block_size, "training")
+    data = CalibrationData(
+        eval_blocks=eval_blocks,
+        calib_blocks=train_blocks[: cfg.measure.calib_blocks],
+        train_blocks=train_blocks,
+        prompt_ids=eval_blocks[:1, :PROMPT_TOKENS],
+    )
+    base = load_base_model(source.location)
+    for spec in specs:  # every pattern / group size against the model's layer widths, before any trial
+        try:
+            check_fits_model(spec, base)
+        except CandidateError as err:
+            field, message = str(err).split(": ", 1)
+            raise ConfigError(
+                f"search.{ {'pattern': 'patterns', 'group_size': 'group_sizes'}.get(field, field) }: {message}"
+            ) from None
+    return SweepInputs(source=source, tokenizer=tokenizer, base=base, data=data, specs=specs)

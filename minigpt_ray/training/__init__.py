@@ -1,0 +1,1 @@
+"""Training as a Ray Train job: prepare (no Ray) → TorchTrainer with DeepSpeed ZeRO workers → HF model + metrics."""

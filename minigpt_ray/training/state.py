@@ -1,0 +1,47 @@
+"""The worker loop's state: what a checkpoint stores beside the DeepSpeed shards and what metrics.json summarises."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    tokens: int = 0
+    """Training tokens seen over all workers."""
+    train_seconds: float = 0.0
+    """Seconds inside training steps (evaluation and checkpoints excluded)."""
+    history: list[dict] = field(default_factory=list)
+    """One record per evaluation: step, tokens, val_loss, val_ppl, train_loss, tokens_per_s, mfu, train_seconds."""
+    train_curve: list[list[float]] = field(default_factory=list)
+    """[step, mean training loss since the previous progress line]."""
+    resumed_from: list[int] = field(default_factory=list)
+    """Steps of the checkpoints this run resumed from."""
+    last_train_loss: float | None = None
+    tensor_bytes: int | None = None
+    """Live tensor bytes on this worker at the last step's high-water mark (weights, gradients, optimizer states)."""
+    steady_tokens_per_s: float | None = None
+    """Throughput after the first steps of a (re)start (allocation, data pipeline start and lazy init excluded)."""
+    steady_data_wait_fraction: float | None = None
+    """Rank 0's share of steady step time spent waiting on its Ray Data shard."""
+    peak_rss_bytes_per_worker: list[float] = field(default_factory=list)
+    tensor_bytes_per_worker: list[float] = field(default_factory=list)
+    partitioned_at_construction: bool = False
+    """ZeRO-3 parameters were partitioned as the model was built (deepspeed.zero.Init)."""
+    fused_loss: bool = False
+    compiled: bool = False
+    fused_optimizer: bool = False
+    """What DeepSpeed actually built (torch's fused AdamW kernel)."""
+    weight_decay_groups: list[float] = field(default_factory=list)
+    """Weight decay of each optimizer parameter group DeepSpeed built (decayed weights, then norms and biases)."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})

@@ -1,0 +1,160 @@
+"""Orchestration of one training run on Ray: prepare (no Ray) → connect → check resources → TorchTrainer with
+DeepSpeed workers → consolidated HF model + metrics.json written atomically under `--output`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from minigpt_ray.cluster import connect_ray
+from minigpt_ray.config import ConfigError, TrainJobConfig, to_yaml
+from minigpt_ray.logs import get_logger
+from minigpt_ray.modeling.model import count_parameters, sample_text
+from minigpt_ray.modeling.tokenizer import save_tokenizer
+from minigpt_ray.outputs import atomic_directory, atomic_write_text
+from minigpt_ray.training.prepare import PreparedRun, prepare_run, saved_tokenizer_dir
+from minigpt_ray.training.state import TrainerState
+from minigpt_ray.training.worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
+
+log = get_logger()
+
+
+def resolve_use_gpu(setting: str) -> bool:
+    if setting == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return setting == "true"
+
+
+def check_resources(train, use_gpu: bool) -> None:
+    """Fail before any worker starts when the workers cannot all be placed on the cluster as it is now."""
+    if not train.check_resources:
+        return
+    total = ray.cluster_resources()
+    need_cpu = train.num_workers * train.cpus_per_worker
+    if need_cpu > total.get("CPU", 0):
+        raise ConfigError(
+            f"train.num_workers: {train.num_workers} workers x {train.cpus_per_worker:g} CPU need "
+            f"{need_cpu:g} CPUs, the cluster has {total.get('CPU', 0):g} (or lower "
+            "train.cpus_per_worker; set train.check_resources=false on an autoscaling cluster)"
+        )
+    if use_gpu and train.num_workers > total.get("GPU", 0):
+        raise ConfigError(
+            f"train.num_workers: {train.num_workers} GPU workers need {train.num_workers} GPUs, the "
+            f"cluster has {total.get('GPU', 0):g}"
+        )
+
+
+def storage_path(output: str) -> str:
+    return str(Path(output).resolve() / "checkpoints")  # Ray Train storage must be absolute
+
+
+def build_trainer(prepared: PreparedRun, use_gpu: bool) -> TorchTrainer:
+    cfg = prepared.cfg
+    train = cfg.train
+    resources = {"CPU": train.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    ray.data.DataContext.get_current().enable_progress_bars = False  # bars garble the job log; steps are logged
+    datasets = {"train": ray.data.from_numpy(prepared.data.train), "val": ray.data.from_numpy(prepared.data.val)}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=prepared.worker_config(train.num_workers),
+        torch_config=TorchConfig(),  # backend chosen by device: nccl on GPU workers, gloo on CPU
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name or Path(cfg.output.rstrip("/")).name,
+            storage_path=storage_path(cfg.output),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
+        ),
+        datasets=datasets,
+        # Only the training set is sharded; every worker sees the whole validation set and evaluates its share.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_training(cfg: TrainJobConfig) -> dict:
+    """Run (or resume) training; returns the metrics also written to `<output>/metrics.json`."""
+    started = time.time()
+    prepared = prepare_run(cfg)
+    log.info("data: %s", json.dumps(prepared.data.stats))
+    connect_ray(cfg.ray_address)
+    use_gpu = resolve_use_gpu(cfg.train.use_gpu)
+    check_resources(cfg.train, use_gpu)
+    if not saved_tokenizer_dir(cfg.output).is_dir():
+        with atomic_directory(saved_tokenizer_dir(cfg.output)) as staging:
+            save_tokenizer(prepared.tokenizer, staging)
+    result = build_trainer(prepared, use_gpu).fit()
+    return finalize(prepared, result, use_gpu, time.time() - started)
+
+
+def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) -> dict:
+    cfg = prepared.cfg
+    output = Path(cfg.output)
+    model_dir = output / "model"
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state = TrainerState.from_json((Path(ckpt_dir) / STATE_FILE).read_text())
+        with atomic_directory(model_dir) as staging:
+            shutil.copytree(Path(ckpt_dir) / HF_MODEL_DIR, staging, dirs_exist_ok=True)
+            save_tokenizer(prepared.tokenizer, staging)
+    metrics = summarize(prepared, state, use_gpu, wall_seconds)
+    metrics["checkpoint"] = result.checkpoint.path
+    if cfg.sample_prompt:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        metrics["sample"] = {
+            "prompt": cfg.sample_prompt,
+            "temperature": 0.8,
+            "top_k": 40,
+            "seed": cfg.train.seed,
+            "completion": sample_text(
+                model, prepared.tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.train.seed
+            ),
+        }
+        metrics["parameters"] = count_parameters(model)
+    atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(output / "run_config.yaml", to_yaml(cfg))
+    return metrics
+
+
+def summarize(prepared: PreparedRun, state: TrainerState, use_gpu: bool, wall_seconds: float) -> dict:
+    first, last = state.history[0], state.history[-1]
+    train = prepared.cfg.train
+    return {
+        "initial_val_loss": first["val_loss"],
+        "initial_val_ppl": first["val_ppl"],
+        "final_val_loss": last["val_loss"],
+        "final_val_ppl": last["val_ppl"],
+        "final_train_loss": state.last_train_loss,
+        "steps": state.step,
+        "train_tokens": state.tokens,
+        "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        "mfu": last["mfu"],
+        "train_seconds": state.train_seconds,
+        "wall_seconds": wall_seconds,
+        "peak_rss_bytes_per_worker": state.peak_rss_bytes_per_worker,
+        "tensor_bytes_per_worker": state.tensor_bytes_per_worker,
+        "steady_tokens_per_s": state.steady_tokens_per_s,
+        "steady_data_wait_fraction": state.steady_data_wait_fraction,  # rank 0's share of step time
+        "num_workers": train.num_workers,
+        "use_gpu": use_gpu,
+        "zero_stage": train.zero_stage,
+        "partitioned_at_construction": state.partitioned_at_construction,
+        "fused_loss": state.fused_loss,
+        "compiled": state.compiled,
+        "fused_optimizer": state.fused_optimizer,
+        "weight_decay_groups": state.weight_decay_groups,
+        "precision": train.precision,
+        "model": prepared.cfg.model.name,
+        "data": prepared.data.stats,
+        "history": state.history,
+        "train_curve": state.train_curve,
+    }

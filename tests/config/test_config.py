@@ -1,0 +1,109 @@
+import dataclasses
+
+import pytest
+
+from minigpt_ray.config import (
+    ConfigError,
+    ServeJobConfig,
+    SweepJobConfig,
+    TrainJobConfig,
+    from_dict,
+    parse_args,
+    to_yaml,
+)
+from minigpt_ray.config.base import _sections, build_parser, field_docs
+
+
+def test_defaults_validate():
+    TrainJobConfig().validate()
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--zero-stage", "4"], "train.zero_stage"),
+        (["--lr", "0"], "train.lr"),
+        (["--lr=-1e-3"], "train.lr"),
+        (["--micro-batch-size", "0"], "train.micro_batch_size"),
+        (["--num-workers", "0"], "train.num_workers"),
+        (["--precision", "fp8"], "train.precision"),
+        (["--val-fraction", "1.5"], "data.val_fraction"),
+        (["--block-size", "2"], "data.block_size"),
+        (["--warmup-steps", "300", "--max-steps", "200"], "train.warmup_steps"),
+        (["--precision", "fp16", "--use-gpu", "false"], "train.precision"),
+        (["--txt-split", "sentence"], "data.txt_split"),
+        (["--output", "s3://bucket/run"], "output"),
+        (["--compile", "true", "--zero-stage", "3"], "train.compile"),
+    ],
+)
+def test_invalid_values_name_the_field(argv, field):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv, "test", TrainJobConfig)
+    assert str(err.value).startswith(field + ":")
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_then_cli_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "output: /tmp/x\nmodel: {name: gpt-mini}\ntrain: {lr: 0.002, zero_stage: 3}\n"
+        "data: {sources: [shakespeare, zh-news]}\n"
+    )
+    cfg = parse_args(["--config", str(path), "--zero-stage", "1", "--data", "zh-reviews,a.txt"], "t", TrainJobConfig)
+    assert cfg.model.name == "gpt-mini"
+    assert cfg.train.lr == 0.002  # from YAML
+    assert cfg.train.zero_stage == 1  # CLI wins over YAML
+    assert cfg.data.sources == ["zh-reviews", "a.txt"]
+    assert cfg.output == "/tmp/x"
+
+
+def test_yaml_unknown_key_and_wrong_type(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {learning_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"^train.learning_rate: unknown setting"):
+        parse_args(["--config", str(path)], "t", TrainJobConfig)
+    with pytest.raises(ConfigError, match=r"^train.max_steps: expected int"):
+        from_dict({"train": {"max_steps": "many"}}, TrainJobConfig)
+    with pytest.raises(ConfigError, match=r"^--config: file not found"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")], "t", TrainJobConfig)
+
+
+@pytest.mark.parametrize("root", [TrainJobConfig, SweepJobConfig, ServeJobConfig])
+def test_every_field_of_every_job_has_a_docstring_and_the_yaml_round_trips(root):
+    sections = _sections(root)
+    for cls in [root, *sections.values()]:
+        docs = field_docs(cls)
+        for name in (f.name for f in dataclasses.fields(cls)):
+            if name in sections:
+                continue
+            assert docs.get(name), f"{cls.__name__}.{name} has no docstring"
+    import yaml
+
+    cfg = root()
+    assert from_dict(yaml.safe_load(to_yaml(cfg)), root) == cfg  # --print-config output is a valid --config file
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 1e-3, weight_decay: 0}\n")  # YAML 1.1 reads 1e-3 (no dot) as a string
+    cfg = parse_args(["--config", str(path)], "t", TrainJobConfig)
+    assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 0.0
+    path.write_text("train: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"^train.lr: expected float, got 'fast'"):
+        parse_args(["--config", str(path)], "t", TrainJobConfig)
+
+
+def test_training_flags_are_documented():
+    help_text = build_parser("t", TrainJobConfig).format_help()
+    for flag in [
+        "--model",
+        "--data",
+        "--output",
+        "--num-workers",
+        "--zero-stage",
+        "--precision",
+        "--max-steps",
+        "--config",
+    ]:
+        assert flag in help_text
+    assert "DeepSpeed ZeRO stage" in help_text

@@ -1,0 +1,82 @@
+"""Pareto front, winner choice and report files: pure logic, no cluster."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from minigpt_ray.sweep.pareto import NoWinnerError, add_ratios, choose_winner, dominates, pareto_front, write_reports
+
+OBJ = ["perplexity", "size_mb"]
+
+
+def row(trial, ppl, mb, tps=100.0, status="ok"):
+    return {
+        "trial": trial,
+        "label": trial,
+        "status": status,
+        "perplexity": ppl,
+        "size_mb": mb,
+        "weights_bytes": mb * 1e6,
+        "linear_bytes": mb * 5e5,
+        "decode_tokens_per_s": tps,
+        "sparsity": 0.0,
+    }
+
+
+def test_dominance():
+    assert dominates(row("a", 10, 1), row("b", 11, 1), OBJ)
+    assert not dominates(row("a", 10, 1), row("b", 10, 1), OBJ)
+    assert not dominates(row("a", 10, 2), row("b", 11, 1), OBJ)
+    assert dominates(row("a", 10, 1, tps=200), row("b", 10, 1, tps=100), OBJ + ["decode_tokens_per_s"])
+
+
+def test_front_of_random_points_is_exactly_the_non_dominated_set():
+    rng = random.Random(0)
+    rows = [row(str(i), rng.uniform(10, 20), rng.uniform(1, 5)) for i in range(200)]
+    rows.append(row("failed", 1, 0.1, status="failed"))
+    front = pareto_front(rows, OBJ)
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in front:
+        assert not any(dominates(o, r, OBJ) for o in ok)
+    for r in ok:
+        if r not in front:
+            assert any(dominates(f, r, OBJ) for f in front)
+    assert all(r["status"] == "ok" for r in front)
+    sizes = [r["perplexity"] for r in front]
+    assert sizes == sorted(sizes)
+
+
+def test_equal_points_appear_once_on_the_front():
+    front = pareto_front([row("baseline", 10, 4), row("t1", 10, 4), row("t2", 11, 2)], OBJ)
+    assert [r["trial"] for r in front] == ["baseline", "t2"]
+
+
+def test_winner_is_smallest_within_the_perplexity_budget():
+    rows = [row("base", 10.0, 4), row("a", 10.4, 2), row("b", 10.6, 1), row("c", 10.2, 3)]
+    assert choose_winner(rows, 10.0)["trial"] == "a"  # b is 6% worse
+    assert choose_winner(rows, 10.0, max_ppl_ratio=1.1)["trial"] == "b"
+    assert choose_winner(rows, 10.0, max_ppl_ratio=1.1, max_ppl=10.3)["trial"] == "c"
+    assert choose_winner(rows, 10.0, max_size_mb=3.5)["trial"] == "a"
+
+
+def test_no_winner_lists_the_closest_trials():
+    rows = [row("base", 10.0, 4), row("a", 10.4, 2), row("b", 12, 1)]
+    with pytest.raises(NoWinnerError, match=r"^winner: no candidate meets .*size <= 0\.5 MB; closest: b \(ppl"):
+        choose_winner(rows, 10.0, max_size_mb=0.5)
+
+
+def test_reports_are_written(tmp_path):
+    rows = [row("baseline", 10.0, 4), row("a", 10.4, 2), row("b", 12, 1), row("x", 0, 0, status="failed")]
+    rows[-1].update(error="boom")
+    add_ratios(rows, rows[0])
+    front = pareto_front(rows, OBJ)
+    write_reports(tmp_path, rows, front, rows[0], rows[1], "ppl <= 10.5", OBJ)
+    data = json.loads((tmp_path / "pareto.json").read_text())
+    assert [r["trial"] for r in data["front"]] == ["baseline", "a", "b"] and data["winner"]["trial"] == "a"
+    assert (tmp_path / "pareto.csv").read_text().count("\n") == 4
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**a**" in summary and "x x: boom" in summary

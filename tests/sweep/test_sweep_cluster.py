@@ -1,0 +1,111 @@
+"""The compression sweep on a real local Ray: Tune trials (grid and Optuna NSGA-II), a failing trial recorded
+without stopping the sweep, Pareto files whose front no trial dominates, and a loadable winner."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from minigpt_ray.compress import load_candidate
+from minigpt_ray.config.sweep import SweepJobConfig
+from minigpt_ray.modeling.evaluate import perplexity
+from minigpt_ray.sweep.pareto import NoWinnerError, dominates
+from minigpt_ray.sweep.tuner import run_sweep
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def sweep_config(model_dir: str, output: Path, **search) -> SweepJobConfig:
+    cfg = SweepJobConfig(model=model_dir, output=str(output), run_name="test")
+    cfg.data.sources, cfg.data.max_chars_per_source, cfg.data.val_fraction = ["shakespeare"], 60_000, 0.1
+    cfg.data.block_size, cfg.measure.eval_blocks, cfg.measure.calib_blocks = 64, 16, 8
+    cfg.measure.decode_tokens, cfg.search.max_concurrent = 8, 2
+    for key, value in search.items():
+        setattr(cfg.search, key, value)
+    return cfg.validate()
+
+
+def read_rows(output: Path) -> list[dict]:
+    with open(output / "trials.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def check_front(output: Path, objectives: list[str]) -> dict:
+    report = json.loads((output / "pareto.json").read_text())
+    ok = [r for r in report["trials"] if r["status"] == "ok"]
+    assert report["front"]
+    for point in report["front"]:
+        assert not any(dominates(other, point, objectives) for other in ok), point["label"]
+    assert (output / "pareto.png").stat().st_size > 10_000
+    assert (output / "pareto.csv").read_text().count("\n") == len(report["front"]) + 1
+    assert "## Pareto front" in (output / "summary.md").read_text()
+    return report
+
+
+def test_grid_sweep_records_a_failed_trial_and_installs_a_loadable_winner(tiny_trained, tmp_path, monkeypatch):
+    cfg = sweep_config(
+        tiny_trained["dir"],
+        tmp_path / "sweep",
+        algorithm="grid",
+        methods=["none", "magnitude", "wanda", "structured"],
+        sparsities=[0.5],
+        patterns=["unstructured"],
+        quants=["none", "int8-weight"],
+        recovery_steps=[0],
+    )
+    monkeypatch.setenv("MINIGPT_RAY_FAULT", "fail-trial:method=structured,quant=none")
+    run_sweep(cfg)
+    output = tmp_path / "sweep"
+    rows = read_rows(output)
+    assert len(rows) == 1 + 7  # baseline + every distinct combination but the uncompressed one
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and "injected failure" in failed[0]["error"] and failed[0]["label"] == "structured 50%"
+    report = check_front(output, ["perplexity", "size_mb"])
+    winner = report["winner"]
+    assert winner["perplexity"] <= 1.05 * report["baseline"]["perplexity"]
+    assert winner["size_mb"] < report["baseline"]["size_mb"]  # int8 fits the 5% budget and is smaller
+    model, _, manifest = load_candidate(output / "winner")
+    assert perplexity(model, _eval_blocks(cfg)) == pytest.approx(winner["perplexity"], rel=1e-9)
+    assert manifest["selected_by"].startswith("perplexity <= 1.05")
+    experiments = list((output / "tune").iterdir())  # Tune's own layout, for the dashboard / TensorBoard
+    assert len(experiments) == 1 and len(list(experiments[0].glob("*/result.json"))) == 7
+    assert len(list(experiments[0].glob("*/events.out.tfevents.*"))) == 7  # Tune's TensorBoard logs, one per trial
+
+
+def _eval_blocks(cfg):
+    from minigpt_ray.sweep.prepare import prepare_sweep
+
+    return prepare_sweep(cfg).data.eval_blocks
+
+
+def test_optuna_nsga2_sweep_runs_the_requested_trials(tiny_trained, tmp_path):
+    cfg = sweep_config(
+        tiny_trained["dir"],
+        tmp_path / "optuna",
+        algorithm="optuna",
+        num_samples=6,
+        methods=["magnitude", "wanda"],
+        sparsities=[0.3, 0.5],
+        patterns=["unstructured", "2:4"],
+        quants=["none", "int8-weight", "int4-weight"],
+        group_sizes=[32],
+    )
+    run_sweep(cfg)
+    rows = read_rows(tmp_path / "optuna")
+    assert len(rows) == 7 and all(r["status"] == "ok" for r in rows)
+    report = check_front(tmp_path / "optuna", ["perplexity", "size_mb"])
+    assert {r["method"] for r in report["trials"][1:]} <= {"magnitude", "wanda"}
+
+
+def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):
+    cfg = sweep_config(
+        tiny_trained["dir"], tmp_path / "none", algorithm="grid", methods=["none"], quants=["int8-weight"]
+    )
+    cfg.winner.max_size_mb = 0.001
+    with pytest.raises(NoWinnerError, match=r"closest: .*int8-weight"):
+        run_sweep(cfg)
+    assert (tmp_path / "none" / "pareto.json").is_file()
+    assert not (tmp_path / "none" / "winner").exists()
