@@ -172,18 +172,20 @@ def _path_documents(path: Path, txt_split: str) -> Iterator[str]:
         raise ConfigError(f"data.sources: {path} has an unsupported type (use {', '.join(USER_SUFFIXES)})")
 
 
-def source_documents(source: str, txt_split: str = "paragraph", max_chars: int = 0) -> list[Document]:
-    """All documents of one source, in a fixed order, cut off (at whole documents) after max_chars characters."""
-    if source in BUILTIN:
-        texts = BUILTIN[source]()
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
+def check_sources(sources: list[str]) -> None:
+    """Every source names a built-in corpus or an existing path (a cheap check, nothing is read)."""
+    for source in sources:
+        if source not in BUILTIN and not Path(source).expanduser().exists():
             raise ConfigError(
                 f"data.sources: {source!r} is neither a built-in corpus "
                 f"({', '.join(BUILTIN)}) nor an existing file or directory"
             )
-        texts = _path_documents(path, txt_split)
+
+
+def source_documents(source: str, txt_split: str = "paragraph", max_chars: int = 0) -> list[Document]:
+    """All documents of one source, in a fixed order, cut off (at whole documents) after max_chars characters."""
+    check_sources([source])
+    texts = BUILTIN[source]() if source in BUILTIN else _path_documents(Path(source).expanduser(), txt_split)
     documents, total = [], 0
     for text in texts:
         documents.append(Document(source, text))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, from_dict
 from minigpt_ray.config.serve import check_model_dir, validate_serve
+from minigpt_ray.data.corpora import check_sources
 from minigpt_ray.logs import get_logger
 from minigpt_ray.outputs import atomic_write_text
 
@@ -68,6 +69,8 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
             _set_model(cfg, str(default_model))
         try:
             validate_serve(cfg) if cls is ServeJobConfig else cfg.validate()
+            if cls is not ServeJobConfig:  # a mistyped corpus fails now, not after the stages before it ran
+                check_sources(cfg.data.sources)
         except ConfigError as err:
             raise ConfigError(f"{stage}.{err}") from None
         configs[stage] = cfg

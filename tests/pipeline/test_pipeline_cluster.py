@@ -101,17 +101,23 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):
         serve.shutdown()
 
 
-def test_bad_corpus_stops_at_the_first_stage_with_nothing_written_past_it(tmp_path, capsys):
+def test_bad_corpus_fails_before_any_stage_and_a_failing_stage_stops_the_pipeline(tmp_path, capsys):
     output = tmp_path / "bad"
     values = tiny_pipeline(output, free_port(), corpus=str(tmp_path / "missing.txt"))
-    with pytest.raises(ConfigError, match=r"^data\.sources: .*missing\.txt"):
-        run_pipeline(plan_pipeline(values))
-    assert not any((output / stage).exists() for stage in ("pretrain", "finetune", "sweep", "report"))
+    with pytest.raises(ConfigError, match=r"^pretrain\.data\.sources: .*missing\.txt"):
+        plan_pipeline(values)  # every stage's corpus is checked before the first stage starts
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(values))
     capsys.readouterr()
     assert cli.main(["pipeline", "--config", str(tmp_path / "p.yaml"), "--no-block"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: data.sources:") and "missing.txt" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: pretrain.data.sources:") and "missing.txt" in err[0]
+    assert not output.exists()
+    # A corpus that exists but holds no text fails inside the first stage: nothing is written past it.
+    (tmp_path / "empty.txt").write_text("\n\n")
+    values = tiny_pipeline(output, free_port(), corpus=str(tmp_path / "empty.txt"))
+    with pytest.raises(ConfigError, match=r"^data\.sources: .*empty\.txt is empty"):
+        run_pipeline(plan_pipeline(values))
+    assert not any((output / stage).exists() for stage in ("pretrain", "finetune", "sweep", "report"))
 
 
 def test_bad_settings_are_named_with_their_stage_before_anything_runs(tmp_path):
