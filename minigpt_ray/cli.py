@@ -14,7 +14,15 @@ import os
 import sys
 from collections.abc import Callable
 
-from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, load_yaml, to_yaml
+from minigpt_ray.config import (
+    ConfigError,
+    ExportJobConfig,
+    ServeJobConfig,
+    SweepJobConfig,
+    TrainJobConfig,
+    load_yaml,
+    to_yaml,
+)
 from minigpt_ray.config.base import add_config_arguments, config_from_args
 from minigpt_ray.logs import configure_logging, get_logger
 
@@ -37,7 +45,8 @@ SWEEP_DOC = """Compress a fine-tuned model: a Ray Tune sweep over pruning and qu
   ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml   # on a running cluster
 
 Outputs under --output: pareto.csv, pareto.json, pareto.png, summary.md, trials.csv, baseline/, winner/ (the
-chosen candidate, loadable with minigpt_ray.compress.load_candidate), tune/ (Tune's results and TensorBoard logs).
+chosen candidate, loadable with minigpt_ray.compress.load_candidate), winner_gguf/ (the winner as GGUF, Llama-style
+models), tune/ (Tune's results and TensorBoard logs).
 Exit status: 0 with a winner, 2 on a bad setting, 3 when no candidate meets the winner constraint."""
 
 SERVE_DOC = """Serve a model directory as an OpenAI-compatible, autoscaling HTTP endpoint with Ray Serve.
@@ -48,6 +57,14 @@ SERVE_DOC = """Serve a model directory as an OpenAI-compatible, autoscaling HTTP
 Then: curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "minigpt", "prompt": "今天天气", "max_tokens": 32}'
       serve status          # replicas and health;   serve shutdown -y   # remove the app"""
+
+EXPORT_DOC = """Export a model directory to GGUF for llama.cpp, Ollama and other GGUF runtimes.
+
+  minigpt export --model runs/sweep/winner --quant auto --output runs/export    # int4 winner → Q4_1, bit for bit
+  minigpt export --model runs/finetune/model --quant q8_0 --output runs/export_q8
+
+Llama-style models (the presets and HF Llama directories); the tokenizer is embedded so llama.cpp tokenizes
+exactly as the model was trained. Output: <output>/model.gguf, then e.g. `llama-cli -m <output>/model.gguf`."""
 
 PIPELINE_DOC = """One command from corpus to served model: pretrain → fine-tune → sweep → serve the winner → report.
 
@@ -135,6 +152,14 @@ def run_serve(cfg: ServeJobConfig) -> int:
     return 0
 
 
+def run_export(cfg: ExportJobConfig) -> int:
+    from minigpt_ray.export import export_gguf
+
+    path = export_gguf(cfg.model, cfg.output, cfg.quant)
+    log.info("wrote %s (%s bytes)", path, f"{path.stat().st_size:,}")
+    return 0
+
+
 def run_pipeline_job(args: argparse.Namespace) -> int:
     from minigpt_ray.pipeline.run import plan_pipeline, run_pipeline
 
@@ -172,6 +197,7 @@ JOBS: dict[str, tuple[type, str, Callable]] = {
     "finetune": (TrainJobConfig, FINETUNE_DOC, run_finetune),
     "sweep": (SweepJobConfig, SWEEP_DOC, run_sweep_job),
     "serve": (ServeJobConfig, SERVE_DOC, run_serve),
+    "export": (ExportJobConfig, EXPORT_DOC, run_export),
 }
 
 
@@ -179,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minigpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,sweep,serve,pipeline}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,sweep,serve,export,pipeline}")
     for name, (root, doc, _) in JOBS.items():
         sub = commands.add_parser(
             name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -20,7 +20,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("job, words", [("finetune", "DeepSpeed ZeRO stage"), ("sweep", "NSGA-II"),
-                                        ("serve", "autoscaler"), ("pipeline", "--stages")])  # fmt: skip
+                                        ("serve", "autoscaler"), ("export", "GGUF"), ("pipeline", "--stages")])  # fmt: skip
 def test_each_job_has_help(job, words):
     done = _run(job, "--help")
     assert done.returncode == 0 and words in done.stdout, done.stderr

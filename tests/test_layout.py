@@ -15,9 +15,10 @@ RANKS = {
     "config": 0, "logs": 0, "outputs": 0, "faults": 0, "__init__": 0,
     "modeling": 1, "data": 1,
     "compress": 2, "cluster": 2,
-    "training": 3, "sweep": 3, "serving": 3,
-    "pipeline": 4,
-    "cli": 5,
+    "export": 3,
+    "training": 4, "sweep": 4, "serving": 4,
+    "pipeline": 5,
+    "cli": 6,
 }  # fmt: skip
 RAY_ALLOWED = {"training", "sweep", "serving", "pipeline", "cluster"}
 MODULES = sorted(PACKAGE.rglob("*.py"))

@@ -3,6 +3,7 @@ field. No Ray, no torch: parsing a command line never starts anything."""
 
 from minigpt_ray.config.base import ConfigError, from_dict, load_yaml, parse_args, require, to_yaml
 from minigpt_ray.config.compress import CandidateError, CandidateSpec
+from minigpt_ray.config.export import ExportJobConfig
 from minigpt_ray.config.serve import ServeJobConfig
 from minigpt_ray.config.sweep import SweepJobConfig
 from minigpt_ray.config.train import CorpusConfig, ModelConfig, TrainConfig, TrainJobConfig
@@ -12,6 +13,7 @@ __all__ = [
     "CandidateSpec",
     "ConfigError",
     "CorpusConfig",
+    "ExportJobConfig",
     "ModelConfig",
     "ServeJobConfig",
     "SweepJobConfig",

@@ -20,6 +20,7 @@ from minigpt_ray.compress.artifact import MANIFEST, read_manifest
 from minigpt_ray.compress.candidate import CalibrationData, make_candidate
 from minigpt_ray.config import CandidateError, CandidateSpec, SweepJobConfig
 from minigpt_ray.config.sweep import OBJECTIVE_MODES, search_choices
+from minigpt_ray.export import export_gguf
 from minigpt_ray.faults import trial_fault
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.tokenizer import load_tokenizer
@@ -160,6 +161,15 @@ def _install_winner(winner: dict, output: Path, constraint: str) -> Path:
     return target
 
 
+def _export_winner(output: Path, config) -> None:
+    """The winner as GGUF too (<output>/winner_gguf/model.gguf), for llama.cpp and Ollama: Llama-style models."""
+    if getattr(config, "model_type", "") != "llama":
+        log.info("winner: no GGUF export (%s is not a Llama-style model)", config.model_type)
+        return
+    path = export_gguf(output / "winner", output / "winner_gguf", "auto")
+    log.info("winner as GGUF: %s (%s bytes)", path, f"{path.stat().st_size:,}")
+
+
 def run_sweep(cfg: SweepJobConfig) -> dict:
     """The whole sweep; returns {"rows", "front", "winner", "baseline"}. Raises NoWinnerError after writing the
     reports when no candidate meets the constraint."""
@@ -190,6 +200,7 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
         write_reports(output, rows, front, baseline, None, constraint, objectives)
         raise
     _install_winner(winner, output, constraint)
+    _export_winner(output, inputs.base.config)
     write_reports(output, rows, front, baseline, winner, constraint, objectives)
     log.info(
         "%d trials in %.0f s; Pareto front: %d candidates; winner: %s (ppl %.3f, %.3f MB)",

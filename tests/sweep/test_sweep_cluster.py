@@ -70,6 +70,7 @@ def test_grid_sweep_records_a_failed_trial_and_installs_a_loadable_winner(tiny_t
     model, _, manifest = load_candidate(output / "winner")
     assert perplexity(model, _eval_blocks(cfg)) == pytest.approx(winner["perplexity"], rel=1e-9)
     assert manifest["selected_by"].startswith("perplexity <= 1.05")
+    assert (output / "winner_gguf" / "model.gguf").stat().st_size > 10_000  # the winner for llama.cpp / Ollama
     experiments = list((output / "tune").iterdir())  # Tune's own layout, for the dashboard / TensorBoard
     assert len(experiments) == 1 and len(list(experiments[0].glob("*/result.json"))) == 7
     assert len(list(experiments[0].glob("*/events.out.tfevents.*"))) == 7  # Tune's TensorBoard logs, one per trial
