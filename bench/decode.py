@@ -4,11 +4,10 @@
   .venv/bin/python bench/decode.py [--model runs/pipeline/finetune/model | --llama-97m] [--tokens 64]
 
 Runtimes: transformers (fp32, bf16) and llama.cpp through `llama-cpp-python` on the GGUF files `minigpt export`
-writes (f32, f16, q8_0, q4_0, q4_1). llama.cpp is not a project dependency yet; install it into .venv with
-`CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
--DGGML_AVX512_BF16=ON" .venv/bin/pip install llama-cpp-python==0.3.36` (the AMX path of llama.cpp crashes on
-small models, llama.cpp issue 20824). `--llama-97m` builds a random-init Llama of 97.5M parameters (hidden 768,
-12 layers, FFN 2048, vocab 16k) with a byte-level BPE tokenizer: random weights decode at the real speed.
+writes (f32, f16, q8_0, q4_0, q4_1); scripts/setup.sh installs llama.cpp (built without its AMX path, which
+crashes on small models: llama.cpp issue 20824). `--llama-97m` builds a random-init Llama of 97.5M parameters
+(hidden 768, 12 layers, FFN 2048, vocab 16k) with a byte-level BPE tokenizer: random weights decode at the real
+speed.
 Bandwidth bound: bytes of weights read per token / copy bandwidth (a 256 MiB copy between touched buffers, read +
 write), as a percentage: how close each runtime gets to streaming its weights once per token.
 """

@@ -101,3 +101,40 @@ def test_export_command_refuses_what_it_cannot_write(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
     assert not (tmp_path / "out").exists() and not (gpt2 / "gguf").exists()
+
+
+def _llama_cpp(path):
+    import llama_cpp
+
+    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+
+
+def test_llama_cpp_tokenizes_as_we_do(tiny_zh_model, tmp_path):
+    llm = _llama_cpp(export_gguf(tiny_zh_model["dir"], tmp_path / "zh", "q8_0"))
+    ours = load_tokenizer(tiny_zh_model["dir"])
+    for text in MIXED:
+        ids = ours(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == ids
+        assert llm.detokenize(ids).decode("utf-8") == text
+
+
+def test_llama_cpp_f16_logits_and_q8_0_greedy_text_match_pytorch(tiny_trained, tmp_path):
+    original = AutoModelForCausalLM.from_pretrained(tiny_trained["dir"]).eval()
+    prompt = tiny_trained["data"].prompt_ids
+    ids = tiny_trained["data"].eval_blocks[0, :48].tolist()
+    llm = _llama_cpp(export_gguf(tiny_trained["dir"], tmp_path / "f16", "f16"))
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = original(input_ids=torch.tensor([ids])).logits[0]
+    got = torch.from_numpy(llm.scores[: len(ids)].copy())
+    assert torch.allclose(got, expected, atol=2e-2 * expected.abs().max().item())
+    llm = _llama_cpp(export_gguf(tiny_trained["dir"], tmp_path / "q8", "q8_0"))
+    eos = original.config.eos_token_id
+    kwargs = dict(max_new_tokens=32, do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=eos)
+    want = original.generate(prompt, **kwargs)[0, prompt.shape[1] :].tolist()  # up to 32 tokens, EOS included
+    got_tokens = []
+    for token in llm.generate(prompt[0].tolist(), temp=0.0, top_k=1, reset=True):
+        got_tokens.append(token)
+        if len(got_tokens) == 32 or token == eos:
+            break
+    assert got_tokens == want
