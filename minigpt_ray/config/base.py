@@ -180,8 +180,9 @@ def config_from_args(args: argparse.Namespace, root: type):
     """Parsed flags (from `add_config_arguments`) → the YAML file's settings overridden by the flags → validated."""
     values = load_yaml(args.config) if args.config else {}
     cfg = from_dict(values, root)
+    settings = {f.name for f in dataclasses.fields(root)}
     for key, value in vars(args).items():
-        if "." not in key and not any(f.name == key for f in dataclasses.fields(root)) or value is None:
+        if value is None or ("." not in key and key not in settings):  # unset flags; --config, --print-config, ...
             continue
         if "." in key:
             section, name = key.split(".")

@@ -46,18 +46,19 @@ def _qtype(quant: str):
             "q4_1": gguf.GGMLQuantizationType.Q4_1}[quant]  # fmt: skip
 
 
-def gguf_name(hf_name: str) -> str | None:
-    """llama.cpp's name for an HF Llama tensor (None: not stored, e.g. a tied lm_head or rotary buffers)."""
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    parts = hf_name.split(".")
-    if parts[:2] != ["model", "layers"] or parts[-1] != "weight":
-        return None
-    return f"blk.{parts[2]}.{_LAYER_NAMES.get('.'.join(parts[3:-1]), '')}.weight".replace("..", ".")
+_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name for an HF Llama weight; a tensor llama.cpp's `llama` architecture has no place for (a bias,
+    a q/k norm) is refused rather than dropped or misnamed."""
+    module, _, kind = hf_name.rpartition(".")
+    parts = module.split(".")
+    if kind == "weight" and module in _TOP_NAMES:
+        return f"{_TOP_NAMES[module]}.weight"
+    if kind == "weight" and parts[:2] == ["model", "layers"] and ".".join(parts[3:]) in _LAYER_NAMES:
+        return f"blk.{parts[2]}.{_LAYER_NAMES['.'.join(parts[3:])]}.weight"
+    raise ConfigError(f"model: tensor {hf_name} has no counterpart in llama.cpp's llama architecture")
 
 
 def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -70,6 +71,7 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
+    """The fp32 weight of any layer a candidate holds: plain, torchao int8, or our int4 (dequantized)."""
     weight = module.dequantized_weight() if isinstance(module, Int4GroupLinear) else module.weight
     if type(weight) not in (torch.Tensor, nn.Parameter):  # torchao int8 tensor subclasses
         weight = weight.dequantize()
@@ -88,8 +90,12 @@ def int4_to_q4_1(module: Int4GroupLinear) -> np.ndarray:
 
 
 def _check_exportable(model) -> None:
-    if getattr(model.config, "model_type", "") != "llama":
-        raise ConfigError(f"model: GGUF export supports Llama-style models, not {model.config.model_type!r}")
+    config = model.config
+    if getattr(config, "model_type", "") != "llama":
+        raise ConfigError(f"model: GGUF export supports Llama-style models, not {config.model_type!r}")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":  # the writer records plain RoPE only
+        raise ConfigError(f"model: GGUF export supports plain RoPE, not rope_type {rope['rope_type']!r}")
 
 
 def _add_metadata(writer, config, name: str, quant: str) -> None:
@@ -171,23 +177,31 @@ def _tensor(name: str, weight: torch.Tensor, quant: str, config):
     return quants.quantize(data.astype(np.float32), _qtype(quant)), _qtype(quant)
 
 
+def _weights(model) -> list[tuple[str, nn.Module]]:
+    """(HF weight name, module) for every stored tensor: int4 layers keep their codes in buffers, not a `weight`;
+    a tied output layer is the embedding and is not stored twice."""
+    modules = dict(model.named_modules())
+    names = []
+    for key in model.state_dict():
+        module_name, _, kind = key.rpartition(".")
+        if kind in ("scale", "offset") and isinstance(modules[module_name], Int4GroupLinear):
+            continue  # stored with the codes
+        if module_name == "lm_head" and model.config.tie_word_embeddings:
+            continue
+        names.append(f"{module_name}.weight" if kind == "packed" else key)
+    return [(name, modules[name.rpartition(".")[0]]) for name in names]
+
+
 def _add_tensors(writer, model, quant: str) -> None:
     config = model.config
-    modules = dict(model.named_modules())
-    tied = config.tie_word_embeddings
-    for hf_name in [n for n in model.state_dict() if n.endswith(".weight") or n.endswith(".packed")]:
-        hf_name = hf_name.removesuffix(".packed") + ".weight" if hf_name.endswith(".packed") else hf_name
+    for hf_name, module in _weights(model):
         name = gguf_name(hf_name)
-        if name is None or (tied and name == "output.weight"):
-            continue
-        module = modules[hf_name.removesuffix(".weight")]
         if isinstance(module, Int4GroupLinear) and quant == "q4_1":
             blocks = int4_to_q4_1(module)  # rows permuted as whole rows of blocks: still bit for bit
             heads = _rotary_heads(name, config)
             writer.add_tensor(name, permute_rotary(blocks, heads) if heads else blocks, raw_dtype=_qtype("q4_1"))
             continue
-        weight = _dense_weight(module) if isinstance(module, nn.Linear | Int4GroupLinear) else module.weight.float()
-        data, raw_dtype = _tensor(name, weight.detach(), quant, config)
+        data, raw_dtype = _tensor(name, _dense_weight(module), quant, config)
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
 
 

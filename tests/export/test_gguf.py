@@ -3,6 +3,7 @@ transformers' GGUF loader, independently of the writer)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -138,3 +139,19 @@ def test_llama_cpp_f16_logits_and_q8_0_greedy_text_match_pytorch(tiny_trained, t
         if len(got_tokens) == 32 or token == eos:
             break
     assert got_tokens == want
+
+
+def test_a_tensor_llama_cpp_has_no_place_for_is_refused_not_dropped(tiny_trained, tmp_path):
+    from helpers import tiny_llama_config
+
+    from minigpt_ray.config import ConfigError
+
+    tokenizer = load_tokenizer(tiny_trained["dir"])
+    config = tiny_llama_config(len(tokenizer), attention_bias=True)  # q/k/v/o biases: no slot in llama.cpp's llama
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "biased")
+    tokenizer.save_pretrained(tmp_path / "biased")
+    with pytest.raises(
+        ConfigError, match=r"^model: tensor model\.layers\.0\.self_attn\.q_proj\.bias has no counterpart"
+    ):
+        export_gguf(tmp_path / "biased", tmp_path / "out", "f16")
+    assert not (tmp_path / "out").exists()
