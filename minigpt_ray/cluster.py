@@ -39,12 +39,35 @@ _PICKED_PORTS = "MINIGPT_RAY_PICKED_PORTS"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may still take it first)."""
+    """A TCP port on 127.0.0.1 that is free now, chosen below the kernel's ephemeral range.
+
+    A port the OS hands out for `bind(0)` comes from the ephemeral range, which outgoing connections also draw
+    from: in the minutes between picking a port and Serve binding it, one of Ray's own connections can take it.
+    Ports below the range are only ever taken by an explicit bind."""
+    import random
     import socket
 
-    with socket.socket() as sock:
+    low = _ephemeral_range()[0]
+    below = range(max(1024, min(20000, low - 1000)), low)
+    for port in random.sample(below, k=min(200, len(below))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # everything below the range is taken: let the OS pick
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            low, high = map(int, ranges.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default; macOS uses 49152-65535, which sits above it
+    return low, high
 
 
 def _haproxy_available() -> bool:

@@ -1,6 +1,7 @@
 """The embedded Ray's environment (no cluster): Serve's HAProxy ingress on by default, auxiliary ports per Ray."""
 
 import os
+import socket
 
 import pytest
 
@@ -47,3 +48,13 @@ def test_picked_ports_are_free_distinct_and_repicked_by_a_child(clean_env):
     clean_env.setattr(cluster, "free_port", lambda: next(fresh))
     cluster.embedded_serve_env()
     assert [int(os.environ[name]) for name in cluster._SERVE_AUX_PORTS] == [50_000, 50_001, 50_002, 50_003]
+
+
+def test_free_port_is_bindable_and_below_the_ephemeral_range():
+    # Ports from the ephemeral range can be taken by any outgoing connection before Serve binds them.
+    low, _ = cluster._ephemeral_range()
+    for _ in range(20):
+        port = cluster.free_port()
+        assert port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
