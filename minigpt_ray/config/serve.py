@@ -7,6 +7,10 @@ from pathlib import Path
 
 from minigpt_ray.config.base import ConfigError, require
 
+GGUF_FILE = "model.gguf"
+"""The GGUF file of an export directory or a sweep winner (served by llama.cpp)."""
+RUNTIMES = ("auto", "torch", "llama.cpp")
+
 
 @dataclass
 class ReplicaScalingConfig:
@@ -66,8 +70,12 @@ class ServeJobConfig:
     """Settings of one served model: where it is, how it is reached, scaled, batched and limited."""
 
     model: str = "runs/sweep/winner"
-    """Model directory to serve: a sweep candidate (winner/, any format), a fine-tuned model/ or any HF causal LM
-    directory with its tokenizer."""
+    """Model directory to serve: a sweep candidate (winner/, any format), a `minigpt export` directory (model.gguf),
+    a fine-tuned model/ or any HF causal LM directory with its tokenizer."""
+    runtime: str = "auto"
+    """Decode runtime: llama.cpp (the directory's model.gguf: exports and Llama-style sweep winners), torch (the
+    PyTorch model: config.json), or auto (llama.cpp when there is a model.gguf and replicas are CPU-only, else
+    torch). /health reports which one runs."""
     model_name: str = "minigpt"
     """Model id listed by /v1/models; requests naming another model get HTTP 404."""
     host: str = "127.0.0.1"
@@ -86,8 +94,40 @@ class ServeJobConfig:
 
     def validate(self) -> ServeJobConfig:
         validate_serve(self)
-        check_model_dir(self.model)
+        check_serve_model(self)
         return self
+
+
+def serving_runtime(cfg: ServeJobConfig) -> str:
+    """The runtime `cfg.runtime` resolves to for its model directory: "torch" or "llama.cpp"."""
+    if cfg.runtime != "auto":
+        return cfg.runtime
+    has_gguf = (Path(cfg.model) / GGUF_FILE).is_file()
+    return "llama.cpp" if has_gguf and cfg.scaling.gpus_per_replica == 0 else "torch"
+
+
+def check_serve_model(cfg: ServeJobConfig) -> None:
+    """The model directory holds what its runtime loads, and that runtime is installed."""
+    import importlib.util
+
+    directory = Path(cfg.model)
+    if not directory.is_dir():
+        raise ConfigError(f"model: directory {cfg.model} does not exist")
+    if serving_runtime(cfg) == "torch":
+        if not (directory / "config.json").is_file():
+            has_gguf = (directory / GGUF_FILE).is_file()
+            hint = f" (it has {GGUF_FILE}: serve it with runtime llama.cpp)" if has_gguf else ""
+            raise ConfigError(f"model: {cfg.model} has no config.json (not a PyTorch model directory){hint}")
+        return
+    if not (directory / GGUF_FILE).is_file():
+        raise ConfigError(f"model: {cfg.model} has no {GGUF_FILE} for runtime llama.cpp (minigpt export writes one)")
+    if not (directory / "tokenizer.json").is_file():
+        raise ConfigError(f"model: {cfg.model} has no tokenizer.json beside {GGUF_FILE}")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(
+            "runtime: llama.cpp needs llama-cpp-python (scripts/setup.sh builds it; or pip install '.[llama]'); "
+            "runtime torch serves the PyTorch model instead"
+        )
 
 
 def check_model_dir(model: str) -> None:
@@ -103,6 +143,13 @@ def validate_serve(cfg: ServeJobConfig) -> None:
     s, b, lim = cfg.scaling, cfg.batching, cfg.limits
     require(bool(cfg.model.strip()), "model", "must name a model directory", cfg.model)
     require(bool(cfg.model_name.strip()), "model_name", "must not be empty", cfg.model_name)
+    require(cfg.runtime in RUNTIMES, "runtime", f"must be one of {', '.join(RUNTIMES)}", cfg.runtime)
+    require(
+        cfg.runtime != "llama.cpp" or s.gpus_per_replica == 0,
+        "runtime",
+        "llama.cpp replicas run on CPUs (scaling.gpus_per_replica must be 0; use torch on GPUs)",
+        cfg.runtime,
+    )
     require(1 <= cfg.port <= 65535, "port", "must be in [1, 65535]", cfg.port)
     require(s.min_replicas >= 0, "scaling.min_replicas", "must be >= 0", s.min_replicas)
     require(

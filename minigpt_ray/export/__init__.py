@@ -1,5 +1,5 @@
-"""Exports to formats other tools run: GGUF for llama.cpp / Ollama. Plain Python, no Ray."""
+"""Exports to formats other tools run (GGUF for llama.cpp / Ollama) and llama.cpp as their runtime. No Ray."""
 
-from minigpt_ray.export.gguf import GGUF_FILE, export_gguf
+from minigpt_ray.export.gguf import GGUF_FILE, export_gguf, write_gguf
 
-__all__ = ["GGUF_FILE", "export_gguf"]
+__all__ = ["GGUF_FILE", "export_gguf", "write_gguf"]

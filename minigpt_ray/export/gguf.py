@@ -21,9 +21,8 @@ from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.compress.quantize import Int4GroupLinear
 from minigpt_ray.config import ConfigError
 from minigpt_ray.config.export import GGUF_QUANTS
+from minigpt_ray.config.serve import GGUF_FILE
 from minigpt_ray.outputs import atomic_directory
-
-GGUF_FILE = "model.gguf"
 
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -213,24 +212,34 @@ def resolve_quant(quant: str, model) -> str:
     return quant
 
 
-def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "auto") -> Path:
-    """Write `<output>/model.gguf` (atomically, with the tokenizer files beside it); returns the file's path."""
+def write_gguf(model, tokenizer, path: str | Path, quant: str, name: str) -> str:
+    """Write `model` (a loaded Llama-style model or candidate) and its tokenizer to the GGUF file `path` (not
+    atomically: callers write into a staging directory). Returns the tensor type used."""
     import gguf
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor loading bars would bury the job's own lines
-    model, tokenizer = load_model_dir(model_dir)
     _check_exportable(model)
     quant = resolve_quant(quant, model)
-    with torch.no_grad(), atomic_directory(output) as staging:
-        writer = gguf.GGUFWriter(str(Path(staging) / GGUF_FILE), arch="llama")
-        _add_metadata(writer, model.config, Path(model_dir).resolve().name, quant)
+    with torch.no_grad():
+        writer = gguf.GGUFWriter(str(path), arch="llama")
+        _add_metadata(writer, model.config, name, quant)
         _add_tokenizer(writer, tokenizer, model.config.vocab_size)
         _add_tensors(writer, model, quant)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+    return quant
+
+
+def export_gguf(model_dir: str | Path, output: str | Path, quant: str = "auto") -> Path:
+    """Write `<output>/model.gguf` (atomically, with the tokenizer files beside it); returns the file's path."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor loading bars would bury the job's own lines
+    model, tokenizer = load_model_dir(model_dir)
+    _check_exportable(model)
+    with atomic_directory(output) as staging:
+        quant = write_gguf(model, tokenizer, Path(staging) / GGUF_FILE, quant, Path(model_dir).resolve().name)
         tokenizer.save_pretrained(staging)  # the same tokenizer for HF tools that open the directory
         (Path(staging) / "export.json").write_text(json.dumps({"source": str(model_dir), "quant": quant}) + "\n")
     return Path(output) / GGUF_FILE

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from minigpt_ray.outputs import atomic_write_text
+from minigpt_ray.sweep.pareto import served_lines
 
 
 def plot_losses(metrics: dict, title: str, path: Path) -> None:
@@ -76,6 +77,7 @@ def _sweep_section(pareto: dict) -> list[str]:
         f"{winner['size_mb']:.3f} MB."
         if winner
         else "No candidate met the constraint.",
+        *(served_lines(winner)[1:] if winner else []),
         "",
     ]
     return lines

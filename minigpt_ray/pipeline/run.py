@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, from_dict
-from minigpt_ray.config.serve import check_model_dir, validate_serve
+from minigpt_ray.config.serve import check_serve_model, serving_runtime, validate_serve
 from minigpt_ray.data.corpora import check_sources
 from minigpt_ray.logs import get_logger
 from minigpt_ray.outputs import atomic_write_text
@@ -140,9 +140,10 @@ def _run_stage(stage: str, cfg) -> tuple[str, dict]:
         ), {}
     from minigpt_ray.serving.app import deploy
 
-    check_model_dir(cfg.model)
+    check_serve_model(cfg)
     url = deploy(cfg)
-    return f"serving {cfg.model_name!r} at {url}/v1/completions", {"url": url}
+    runtime = serving_runtime(cfg)
+    return f"serving {cfg.model_name!r} ({runtime}) at {url}/v1/completions", {"url": url, "runtime": runtime}
 
 
 def run_pipeline(plan: PipelinePlan) -> dict:

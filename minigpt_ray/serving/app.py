@@ -1,8 +1,9 @@
 """Ray Serve app: an autoscaling, OpenAI-compatible completion endpoint for a model directory.
 
-Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Concurrent requests on a replica
-are decoded together with continuous batching (`decode_engine`: requests join and leave a running batch between
-decode steps). Validation lives in `openai_api`, decoding in `generation`/`decode_engine`; this module only wires
+Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Each replica decodes with PyTorch
+or, for a directory with a GGUF file, llama.cpp (`ServeJobConfig.runtime`). Concurrent requests on a replica are
+decoded together with continuous batching (`engine`: requests join and leave a running batch between decode
+steps). Validation lives in `openai_api`, decoding in `generation`/`decode_engine`; this module only wires
 them to Serve and FastAPI.
 """
 
@@ -23,8 +24,11 @@ from ray.serve import metrics
 
 from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import ServeJobConfig, from_dict
+from minigpt_ray.config.serve import GGUF_FILE, serving_runtime
+from minigpt_ray.export.llamacpp import LlamaCppModel
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
+from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.serving.engine import DecodeEngine
 from minigpt_ray.serving.generation import GenerationRequest
 from minigpt_ray.serving.openai_api import (
@@ -54,12 +58,19 @@ api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions fo
 @serve.ingress(api)
 class CompletionServer:
     def __init__(self, cfg: ServeJobConfig):
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_replica)))
-        self.model, self.tokenizer = load_model_dir(cfg.model)
-        self.device = "cuda" if cfg.scaling.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
-        self.model.to(self.device)
+        threads = max(1, int(cfg.scaling.cpus_per_replica))
+        torch.set_num_threads(threads)
+        self.runtime = serving_runtime(cfg)
+        if self.runtime == "llama.cpp":
+            self.tokenizer = load_tokenizer(cfg.model)
+            self.model = LlamaCppModel(Path(cfg.model) / GGUF_FILE, cfg.batching.max_batch_size, threads)
+            self.device, self.context_window = "cpu", self.model.context
+        else:
+            self.model, self.tokenizer = load_model_dir(cfg.model)
+            self.device = "cuda" if cfg.scaling.gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+            self.model.to(self.device)
+            self.context_window = max_positions(self.model.config) or None
         self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
-        self.context_window = max_positions(self.model.config) or None
         b = cfg.batching
         self.engine = DecodeEngine(
             self.model, self.tokenizer, b.max_batch_size, b.batch_wait_timeout_s, b.continuous, on_step=self._count_step
@@ -89,6 +100,7 @@ class CompletionServer:
         return {
             "status": "ok",
             "model": self.name,
+            "runtime": self.runtime,
             "device": str(self.device),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "ingress": ingress_mode(),

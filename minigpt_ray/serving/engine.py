@@ -1,4 +1,4 @@
-"""Continuous-batching decode loop for a serving replica: plain asyncio + PyTorch, no Ray.
+"""Continuous-batching decode loop for a serving replica: plain asyncio + PyTorch or llama.cpp, no Ray.
 
 One `DecodeEngine` per model runs a single decode loop for every in-flight request. A request arriving while the
 loop runs joins the batch at the next step (its prompt is prefilled and spliced into the KV cache), a finished or
@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from minigpt_ray.export.llamacpp import LlamaCppModel
 from minigpt_ray.serving.generation import BatchGenerator, GenerationRequest, TextStream
+from minigpt_ray.serving.llamacpp import LlamaCppBatch
 
 
 class Chunk(NamedTuple):
@@ -42,11 +44,13 @@ class DecodeEngine:
     def __init__(
         self, model, tokenizer, max_batch_size: int, admit_wait_s: float = 0.0, continuous: bool = True, on_step=None
     ):
-        """`admit_wait_s`: when the loop starts from idle, how long the first request waits for others to share its
+        """`model`: a PyTorch causal LM (decoded by `BatchGenerator`) or a `LlamaCppModel` (by `LlamaCppBatch`).
+        `admit_wait_s`: when the loop starts from idle, how long the first request waits for others to share its
         prefill. `continuous=False` is static batching (a batch runs until its last row ends before waiting requests
         start), kept for comparison. `on_step(rows, tokens)` is called after every step (metrics)."""
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
         self.admit_wait_s, self.continuous, self.on_step = admit_wait_s, continuous, on_step
+        self.batch_class = LlamaCppBatch if isinstance(model, LlamaCppModel) else BatchGenerator
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_id or 0)
         self.waiting: collections.deque[_Job] = collections.deque()
@@ -97,7 +101,7 @@ class DecodeEngine:
             return
         requests = [job.request for job in joining]
         if self.batch is None:
-            self.batch = BatchGenerator(self.model, requests, self.pad_id, self.eos_id)
+            self.batch = self.batch_class(self.model, requests, self.pad_id, self.eos_id)
         else:
             self.batch.add(requests)
         self.running += joining

@@ -32,7 +32,7 @@ class GenerationRequest:
     seed: int | None = None
 
 
-def _filtered_logits(logits: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
+def filtered_logits(logits: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
     logits = logits / request.temperature
     if request.top_k and request.top_k < logits.numel():
         kth = torch.topk(logits, request.top_k).values[-1]
@@ -55,6 +55,34 @@ class Row:
     done: bool = False
     prefilled: bool = False
     """False until the step that feeds its prompt (rows that joined a running batch wait for one step)."""
+
+
+def choose_token(row: Row, logits: torch.Tensor) -> int:
+    """Greedy at temperature 0, else a draw from the filtered distribution with the row's own generator."""
+    if row.request.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(filtered_logits(logits, row.request), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def advance_row(row: Row, logits: torch.Tensor | None, eos_id: int | None) -> int | None:
+    """Choose the row's next token from `logits` and update its state; None when it is finished or not yet
+    prefilled (EOS ends the row and is never returned)."""
+    if row.done or not row.prefilled:
+        return None
+    token = choose_token(row, logits)
+    row.generated += 1
+    if token == eos_id:
+        row.done = True
+        return None
+    row.done = row.generated >= row.request.max_tokens
+    return token
+
+
+def new_rows(requests: list[GenerationRequest]) -> list[Row]:
+    """Rows for `requests`, each with its own generator (seeded by the request, else at random)."""
+    seeds = [r.seed if r.seed is not None else int.from_bytes(os.urandom(4), "little") for r in requests]
+    return [Row(r, torch.Generator().manual_seed(s)) for r, s in zip(requests, seeds, strict=True)]
 
 
 def _cache_layers(cache: DynamicCache) -> list[DynamicLayer]:
@@ -103,17 +131,16 @@ class BatchGenerator:
     def add(self, requests: list[GenerationRequest]) -> None:
         """Append `requests` as rows. An empty batch prefills them now; otherwise they join at the next `step()`.
         Their first token comes with the step after their prefill."""
-        seeds = [r.seed if r.seed is not None else int.from_bytes(os.urandom(4), "little") for r in requests]
-        new_rows = [Row(r, torch.Generator().manual_seed(s)) for r, s in zip(requests, seeds, strict=False)]
+        joining = new_rows(requests)
         if self.cache is None:
             ids, mask = _left_padded([r.prompt_ids for r in requests], self.pad_id)
             self.mask = mask.to(self.device)
             positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
             self.next_logits, self.cache = self._forward(ids.to(self.device), self.mask, positions, DynamicCache())
             self.positions = positions[:, -1:]
-            for row in new_rows:
+            for row in joining:
                 row.prefilled = True
-        self.rows += new_rows
+        self.rows += joining
 
     def compact(self) -> None:
         """Drop finished rows and trim leading cache columns that every remaining row masks out."""
@@ -138,25 +165,8 @@ class BatchGenerator:
         for layer in _cache_layers(self.cache):
             layer.keys, layer.values = layer.keys[index, :, unused:], layer.values[index, :, unused:]
 
-    def _choose(self, i: int) -> int:
-        request, logits = self.rows[i].request, self.next_logits[i]
-        if request.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(_filtered_logits(logits, request), dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.rows[i].generator))
-
     def _advance(self, i: int) -> int | None:
-        """Choose row i's next token and update its state; None when it is finished (EOS is never returned)."""
-        row = self.rows[i]
-        if row.done or not row.prefilled:
-            return None
-        token = self._choose(i)
-        row.generated += 1
-        if token == self.eos_id:
-            row.done = True
-            return None
-        row.done = row.generated >= row.request.max_tokens
-        return token
+        return advance_row(self.rows[i], self.next_logits[i] if self.rows[i].prefilled else None, self.eos_id)
 
     def finish(self, i: int) -> None:
         """Stop row i (a stop sequence matched, or the client went away)."""

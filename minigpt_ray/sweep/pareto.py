@@ -25,6 +25,12 @@ CSV_FIELDS = [
     "linear_bytes_ratio",
     "decode_tokens_per_s",
     "decode_ratio",
+    "gguf_type",
+    "gguf_mb",
+    "gguf_perplexity",
+    "gguf_ppl_ratio",
+    "gguf_decode_tokens_per_s",
+    "gguf_decode_ratio",
     "params",
     "sparsity",
     "format",
@@ -99,6 +105,10 @@ def add_ratios(rows: list[dict], baseline: dict) -> None:
             r["bytes_ratio"] = r["weights_bytes"] / baseline["weights_bytes"]
             r["linear_bytes_ratio"] = r["linear_bytes"] / baseline["linear_bytes"]
             r["decode_ratio"] = r["decode_tokens_per_s"] / baseline["decode_tokens_per_s"]
+            if "gguf_mb" in r:  # as llama.cpp serves it, against the dense PyTorch model (what it replaces)
+                r["gguf_ppl_ratio"] = r["gguf_perplexity"] / r["perplexity"]  # against its own PyTorch form
+                r["gguf_bytes_ratio"] = r["gguf_mb"] / baseline["size_mb"]
+                r["gguf_decode_ratio"] = r["gguf_decode_tokens_per_s"] / baseline["decode_tokens_per_s"]
 
 
 def rows_csv(rows: list[dict]) -> str:
@@ -175,11 +185,25 @@ def summary_markdown(
             f"**{winner['label']}** (trial {winner['trial']}): perplexity {winner['perplexity']:.3f}, "
             f"{winner['size_mb']:.3f} MB — in `winner/`."
         )
+        lines += served_lines(winner)
     else:
         lines.append("No candidate met the constraint.")
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- {r['trial']} {r['label']}: {r.get('error', '')}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def served_lines(winner: dict) -> list[str]:
+    """How the winner runs as served (its GGUF in llama.cpp) against the dense PyTorch model."""
+    if "gguf_mb" not in winner:
+        return ["", "Served by PyTorch (no GGUF form: not a Llama-style model, or llama.cpp not installed)."]
+    return [
+        "",
+        f"Served by llama.cpp as `winner/model.gguf` ({winner['gguf_type']}): {winner['gguf_mb']:.3f} MB "
+        f"({winner['gguf_bytes_ratio']:.3f}× the dense model's weights), batch-1 decode "
+        f"{winner['gguf_decode_tokens_per_s']:.0f} tokens/s ({winner['gguf_decode_ratio']:.2f}× dense PyTorch), "
+        f"perplexity {winner['gguf_perplexity']:.3f} ({winner['gguf_ppl_ratio']:.4f}× its PyTorch form).",
+    ]
 
 
 def write_reports(

@@ -20,7 +20,7 @@ from minigpt_ray.compress.artifact import MANIFEST, read_manifest
 from minigpt_ray.compress.candidate import CalibrationData, make_candidate
 from minigpt_ray.config import CandidateError, CandidateSpec, SweepJobConfig
 from minigpt_ray.config.sweep import OBJECTIVE_MODES, search_choices
-from minigpt_ray.export import export_gguf
+from minigpt_ray.export.llamacpp import GGUF_METRICS, measure_gguf
 from minigpt_ray.faults import trial_fault
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.tokenizer import load_tokenizer
@@ -68,7 +68,18 @@ def sweep_trial(config: dict, data: CalibrationData, settings: TrialSettings) ->
         metrics = make_candidate(
             base, tokenizer, spec, artifact, data, settings.recovery_lr, settings.decode_tokens, settings.seed
         )
+        metrics |= _measure_served_form(artifact, data, settings.decode_tokens, settings.threads)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(artifact)))
+
+
+def _measure_served_form(artifact: Path, data: CalibrationData, decode_tokens: int, threads: int) -> dict:
+    """The candidate as llama.cpp will serve it: model.gguf written into the artifact (so the winner carries it) and
+    measured there; recorded in the candidate's manifest too. {} when it has no GGUF form."""
+    served = measure_gguf(artifact, data.eval_blocks, data.prompt_ids[0].tolist(), decode_tokens, threads)
+    if served:
+        manifest = read_manifest(artifact) | served
+        atomic_write_text(artifact / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return served
 
 
 def _search_setup(cfg: SweepJobConfig, specs: list[CandidateSpec]):
@@ -123,7 +134,8 @@ def _row(result) -> dict:
         "format",
         "build_seconds",
     )
-    return row | {k: result.metrics[k] for k in keep} | {"status": "ok", "artifact": result.checkpoint.path}
+    served = {k: result.metrics[k] for k in GGUF_METRICS if k in result.metrics}
+    return row | {k: result.metrics[k] for k in keep} | served | {"status": "ok", "artifact": result.checkpoint.path}
 
 
 def _baseline_row(inputs: SweepInputs, output: Path, cfg: SweepJobConfig) -> dict:
@@ -135,6 +147,8 @@ def _baseline_row(inputs: SweepInputs, output: Path, cfg: SweepJobConfig) -> dic
         inputs.data,
         decode_tokens=cfg.measure.decode_tokens,
     )
+    threads = max(1, int(cfg.search.cpus_per_trial))
+    metrics |= _measure_served_form(output / "baseline", inputs.data, cfg.measure.decode_tokens, threads)
     return {
         "trial": "baseline",
         "label": "uncompressed",
@@ -159,15 +173,6 @@ def _install_winner(winner: dict, output: Path, constraint: str) -> Path:
         }
         atomic_write_text(Path(tmp) / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return target
-
-
-def _export_winner(output: Path, config) -> None:
-    """The winner as GGUF too (<output>/winner_gguf/model.gguf), for llama.cpp and Ollama: Llama-style models."""
-    if getattr(config, "model_type", "") != "llama":
-        log.info("winner: no GGUF export (%s is not a Llama-style model)", config.model_type)
-        return
-    path = export_gguf(output / "winner", output / "winner_gguf", "auto")
-    log.info("winner as GGUF: %s (%s bytes)", path, f"{path.stat().st_size:,}")
 
 
 def run_sweep(cfg: SweepJobConfig) -> dict:
@@ -200,7 +205,6 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
         write_reports(output, rows, front, baseline, None, constraint, objectives)
         raise
     _install_winner(winner, output, constraint)
-    _export_winner(output, inputs.base.config)
     write_reports(output, rows, front, baseline, winner, constraint, objectives)
     log.info(
         "%d trials in %.0f s; Pareto front: %d candidates; winner: %s (ppl %.3f, %.3f MB)",

@@ -70,7 +70,9 @@ def test_grid_sweep_records_a_failed_trial_and_installs_a_loadable_winner(tiny_t
     model, _, manifest = load_candidate(output / "winner")
     assert perplexity(model, _eval_blocks(cfg)) == pytest.approx(winner["perplexity"], rel=1e-9)
     assert manifest["selected_by"].startswith("perplexity <= 1.05")
-    assert (output / "winner_gguf" / "model.gguf").stat().st_size > 10_000  # the winner for llama.cpp / Ollama
+    assert (output / "winner" / "model.gguf").stat().st_size > 10_000  # what llama.cpp serves, Ollama runs
+    assert winner["gguf_type"] == "q8_0" and winner["gguf_ppl_ratio"] == pytest.approx(1, abs=0.02)
+    assert winner["gguf_decode_tokens_per_s"] > 0 and winner["gguf_mb"] < report["baseline"]["size_mb"]
     experiments = list((output / "tune").iterdir())  # Tune's own layout, for the dashboard / TensorBoard
     assert len(experiments) == 1 and len(list(experiments[0].glob("*/result.json"))) == 7
     assert len(list(experiments[0].glob("*/events.out.tfevents.*"))) == 7  # Tune's TensorBoard logs, one per trial
