@@ -45,8 +45,8 @@ SWEEP_DOC = """Compress a fine-tuned model: a Ray Tune sweep over pruning and qu
   ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml   # on a running cluster
 
 Outputs under --output: pareto.csv, pareto.json, pareto.png, summary.md, trials.csv, baseline/, winner/ (the
-chosen candidate, loadable with minigpt_ray.compress.load_candidate), winner_gguf/ (the winner as GGUF, Llama-style
-models), tune/ (Tune's results and TensorBoard logs).
+chosen candidate, loadable with minigpt_ray.compress.load_candidate, with model.gguf beside it for Llama-style
+models: what `minigpt serve` runs in llama.cpp), tune/ (Tune's results and TensorBoard logs).
 Exit status: 0 with a winner, 2 on a bad setting, 3 when no candidate meets the winner constraint."""
 
 SERVE_DOC = """Serve a model directory as an OpenAI-compatible, autoscaling HTTP endpoint with Ray Serve.

@@ -12,8 +12,17 @@ from minigpt_ray.config.base import ConfigError, require
 from minigpt_ray.config.compress import CandidateError, CandidateSpec
 from minigpt_ray.config.train import CorpusConfig, validate_corpus
 
-OBJECTIVE_MODES = {"perplexity": "min", "size_mb": "min", "decode_tokens_per_s": "max"}
-"""What each sweep objective wants: the smallest or the largest value."""
+OBJECTIVE_MODES = {
+    "perplexity": "min",
+    "size_mb": "min",
+    "decode_tokens_per_s": "max",
+    "served_perplexity": "min",
+    "served_mb": "min",
+    "served_tokens_per_s": "max",
+}
+"""What each sweep objective wants: the smallest or the largest value. served_* are the candidate as it will be
+served: its GGUF in llama.cpp (Llama-style models, llama.cpp installed), else its PyTorch form."""
+WINNER_PREFERENCES = ("size", "speed")
 
 
 def _sweep_corpus() -> CorpusConfig:
@@ -53,8 +62,9 @@ class SearchConfig:
     """Recovery fine-tune steps after pruning to search (0 = none)."""
     recovery_lr: float = 3e-4
     """Learning rate of the recovery fine-tune."""
-    objectives: list[str] = field(default_factory=lambda: ["perplexity", "size_mb"])
-    """What the search minimizes/maximizes: perplexity, size_mb, and optionally decode_tokens_per_s."""
+    objectives: list[str] = field(default_factory=lambda: ["served_perplexity", "served_mb", "served_tokens_per_s"])
+    """What the search minimizes/maximizes, as served (served_perplexity, served_mb, served_tokens_per_s: the GGUF
+    in llama.cpp when the candidate has one) or in PyTorch (perplexity, size_mb, decode_tokens_per_s)."""
     max_concurrent: int = 2
     """Trials running at once."""
     cpus_per_trial: float = 1.0
@@ -66,11 +76,15 @@ class SearchConfig:
 @dataclass
 class WinnerConfig:
     max_ppl_ratio: float = 1.05
-    """Winner: the smallest candidate whose perplexity is at most this times the uncompressed model's."""
+    """Winner: the smallest candidate (prefer: size) or the fastest (prefer: speed) whose served perplexity is at
+    most this times the uncompressed model's."""
     max_ppl: float = 0.0
-    """Also require perplexity <= this (0 = no limit)."""
+    """Also require served perplexity <= this (0 = no limit)."""
     max_size_mb: float = 0.0
-    """Also require weights <= this many MB (0 = no limit)."""
+    """Also require the served size (GGUF file, or PyTorch weights) <= this many MB (0 = no limit)."""
+    prefer: str = "size"
+    """Among the candidates within the limits: size (the smallest as served) or speed (the fastest batch-1 decode
+    as served)."""
 
 
 @dataclass
@@ -133,6 +147,7 @@ def validate_sweep(cfg: SweepJobConfig) -> None:
     require(w.max_ppl_ratio >= 1, "winner.max_ppl_ratio", "must be >= 1", w.max_ppl_ratio)
     require(w.max_ppl >= 0, "winner.max_ppl", "must be >= 0", w.max_ppl)
     require(w.max_size_mb >= 0, "winner.max_size_mb", "must be >= 0", w.max_size_mb)
+    require(w.prefer in WINNER_PREFERENCES, "winner.prefer", "must be size or speed", w.prefer)
     _validate_space(s)
 
 

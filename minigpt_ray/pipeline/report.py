@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from minigpt_ray.outputs import atomic_write_text
-from minigpt_ray.sweep.pareto import served_lines
+from minigpt_ray.sweep.pareto import served, served_lines
 
 
 def plot_losses(metrics: dict, title: str, path: Path) -> None:
@@ -62,13 +62,15 @@ def _sweep_section(pareto: dict) -> list[str]:
         "",
         "![Pareto front](pareto.png)",
         "",
-        "| candidate | perplexity | × base | weights MB | × base | decode tok/s |",
-        "|---|---|---|---|---|---|",
+        "| candidate | perplexity | × base | served by | served MB | × base | served decode tok/s | × base |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in pareto["front"]:
         lines.append(
-            f"| {row['label']} | {row['perplexity']:.3f} | {row.get('ppl_ratio', 1):.3f} | "
-            f"{row['size_mb']:.3f} | {row.get('bytes_ratio', 1):.3f} | {row['decode_tokens_per_s']:.0f} |"
+            f"| {row['label']} | {served(row, 'served_perplexity'):.3f} | {row.get('served_ppl_ratio', 1):.3f} | "
+            f"{row.get('served_runtime', 'torch')} | {served(row, 'served_mb'):.3f} | "
+            f"{row.get('served_bytes_ratio', 1):.3f} | {served(row, 'served_tokens_per_s'):.0f} | "
+            f"{row.get('served_decode_ratio', 1):.2f} |"
         )
     winner = pareto.get("winner")
     lines += [

@@ -135,8 +135,10 @@ def _run_stage(stage: str, cfg) -> tuple[str, dict]:
         r = run_sweep(cfg)
         w = r["winner"]
         return (
-            f"{len(r['rows']) - 1} trials, front of {len(r['front'])}; winner {w['label']}: ppl "
-            f"{w['perplexity']:.3f} ({w['ppl_ratio']:.3f}×), {w['size_mb']:.3f} MB ({w['bytes_ratio']:.3f}×)"
+            f"{len(r['rows']) - 1} trials, front of {len(r['front'])}; winner {w['label']} as served by "
+            f"{w['served_runtime']}: ppl {w['served_perplexity']:.3f} ({w['served_ppl_ratio']:.3f}×), "
+            f"{w['served_mb']:.3f} MB ({w['served_bytes_ratio']:.3f}×), {w['served_tokens_per_s']:,.0f} decode "
+            f"tokens/s ({w['served_decode_ratio']:.1f}×)"
         ), {}
     from minigpt_ray.serving.app import deploy
 

@@ -25,6 +25,13 @@ CSV_FIELDS = [
     "linear_bytes_ratio",
     "decode_tokens_per_s",
     "decode_ratio",
+    "served_runtime",
+    "served_mb",
+    "served_bytes_ratio",
+    "served_tokens_per_s",
+    "served_decode_ratio",
+    "served_perplexity",
+    "served_ppl_ratio",
     "gguf_type",
     "gguf_mb",
     "gguf_perplexity",
@@ -70,28 +77,63 @@ def pareto_front(rows: list[dict], objectives: list[str]) -> list[dict]:
     return sorted(unique, key=lambda r: [r[o] for o in objectives])
 
 
-def constraint_text(baseline_ppl: float, max_ppl_ratio: float, max_ppl: float, max_size_mb: float) -> str:
-    parts = [f"perplexity <= {max_ppl_ratio:g} x uncompressed ({baseline_ppl * max_ppl_ratio:.3f})"]
+SERVED_FALLBACK = {
+    "served_perplexity": "perplexity",
+    "served_mb": "size_mb",
+    "served_tokens_per_s": "decode_tokens_per_s",
+}
+"""Each served metric and the PyTorch metric it equals for a candidate served by PyTorch."""
+
+
+def served(row: dict, key: str) -> float:
+    """A candidate's metric as it will be served (its GGUF in llama.cpp when it has one, else its PyTorch form)."""
+    return row.get(key, row[SERVED_FALLBACK[key]])
+
+
+def constraint_text(
+    baseline_ppl: float, max_ppl_ratio: float, max_ppl: float, max_size_mb: float, prefer: str | None = None
+) -> str:
+    """The winner's limits, and with `prefer` which of the candidates within them wins."""
+    parts = [f"served perplexity <= {max_ppl_ratio:g} x uncompressed ({baseline_ppl * max_ppl_ratio:.3f})"]
     if max_ppl:
         parts.append(f"perplexity <= {max_ppl:g}")
     if max_size_mb:
-        parts.append(f"size <= {max_size_mb:g} MB")
-    return " and ".join(parts)
+        parts.append(f"served size <= {max_size_mb:g} MB")
+    choice = {None: "", "size": ", the smallest", "speed": ", the fastest"}[prefer]
+    return " and ".join(parts) + choice
 
 
 def choose_winner(
-    rows: list[dict], baseline_ppl: float, max_ppl_ratio: float = 1.05, max_ppl: float = 0.0, max_size_mb: float = 0.0
+    rows: list[dict],
+    baseline_ppl: float,
+    max_ppl_ratio: float = 1.05,
+    max_ppl: float = 0.0,
+    max_size_mb: float = 0.0,
+    prefer: str = "size",
 ) -> dict:
-    """Smallest on-disk candidate meeting every constraint (ties: lower perplexity)."""
+    """Among candidates meeting every constraint (as served), the smallest (prefer size; ties: lower perplexity) or
+    the fastest at batch-1 decode (prefer speed; ties: smaller)."""
     limit = baseline_ppl * max_ppl_ratio
     if max_ppl:
         limit = min(limit, max_ppl)
     ok = [r for r in rows if r.get("status") == "ok"]
-    meets = [r for r in ok if r["perplexity"] <= limit and (not max_size_mb or r["size_mb"] <= max_size_mb)]
+    meets = [
+        r
+        for r in ok
+        if served(r, "served_perplexity") <= limit and (not max_size_mb or served(r, "served_mb") <= max_size_mb)
+    ]
+    if meets and prefer == "speed":
+        return min(meets, key=lambda r: (-served(r, "served_tokens_per_s"), served(r, "served_mb")))
     if meets:
-        return min(meets, key=lambda r: (r["size_mb"], r["perplexity"]))
-    closest = sorted(ok, key=lambda r: max(r["perplexity"] / limit, r["size_mb"] / max_size_mb if max_size_mb else 0))
-    listed = "; ".join(f"{r['label']} (ppl {r['perplexity']:.3f}, {r['size_mb']:.3f} MB)" for r in closest[:3])
+        return min(meets, key=lambda r: (served(r, "served_mb"), served(r, "served_perplexity")))
+
+    def shortfall(r: dict) -> float:
+        return max(served(r, "served_perplexity") / limit, served(r, "served_mb") / max_size_mb if max_size_mb else 0)
+
+    listed = "; ".join(
+        f"{r['label']} (ppl {served(r, 'served_perplexity'):.3f}, {served(r, 'served_mb'):.3f} MB)"
+        for r in sorted(ok, key=shortfall)[:3]
+    )
     raise NoWinnerError(
         f"winner: no candidate meets {constraint_text(baseline_ppl, max_ppl_ratio, max_ppl, max_size_mb)}"
         f"; closest: {listed or 'none (every trial failed)'}"
@@ -105,6 +147,9 @@ def add_ratios(rows: list[dict], baseline: dict) -> None:
             r["bytes_ratio"] = r["weights_bytes"] / baseline["weights_bytes"]
             r["linear_bytes_ratio"] = r["linear_bytes"] / baseline["linear_bytes"]
             r["decode_ratio"] = r["decode_tokens_per_s"] / baseline["decode_tokens_per_s"]
+            r["served_ppl_ratio"] = served(r, "served_perplexity") / baseline["perplexity"]
+            r["served_bytes_ratio"] = served(r, "served_mb") / baseline["size_mb"]  # against the dense PyTorch model
+            r["served_decode_ratio"] = served(r, "served_tokens_per_s") / baseline["decode_tokens_per_s"]
             if "gguf_mb" in r:  # as llama.cpp serves it, against the dense PyTorch model (what it replaces)
                 r["gguf_ppl_ratio"] = r["gguf_perplexity"] / r["perplexity"]  # against its own PyTorch form
                 r["gguf_bytes_ratio"] = r["gguf_mb"] / baseline["size_mb"]
@@ -170,14 +215,16 @@ def summary_markdown(
         "",
         "## Pareto front",
         "",
-        "| candidate | perplexity (x base) | MB (x base) | decode tok/s (x base) | sparsity |",
-        "|---|---|---|---|---|",
+        "| candidate | perplexity (x base) | MB (x base) | decode tok/s (x base) | served by | served MB (x base) | "
+        "served tok/s (x base) | sparsity |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in front:
         lines.append(
             f"| {r['label']} | {r['perplexity']:.3f} ({r['ppl_ratio']:.3f}) | {r['size_mb']:.3f} "
             f"({r['bytes_ratio']:.3f}) | {r['decode_tokens_per_s']:.0f} ({r['decode_ratio']:.2f}) | "
-            f"{r['sparsity']:.2f} |"
+            f"{r.get('served_runtime', 'torch')} | {served(r, 'served_mb'):.3f} ({r['served_bytes_ratio']:.3f}) | "
+            f"{served(r, 'served_tokens_per_s'):.0f} ({r['served_decode_ratio']:.2f}) | {r['sparsity']:.2f} |"
         )
     lines += ["", "## Winner", "", f"Constraint: {constraint}.", ""]
     if winner is not None:

@@ -36,6 +36,7 @@ from minigpt_ray.sweep.pareto import (
 from minigpt_ray.sweep.prepare import SweepInputs, load_base_model, prepare_sweep
 
 SPEC_FIELDS = [f.name for f in fields(CandidateSpec)]
+SERVED_METRICS = ("served_runtime", "served_perplexity", "served_mb", "served_tokens_per_s")
 log = get_logger()
 
 
@@ -68,17 +69,26 @@ def sweep_trial(config: dict, data: CalibrationData, settings: TrialSettings) ->
         metrics = make_candidate(
             base, tokenizer, spec, artifact, data, settings.recovery_lr, settings.decode_tokens, settings.seed
         )
-        metrics |= _measure_served_form(artifact, data, settings.decode_tokens, settings.threads)
+        metrics |= _measure_served_form(artifact, metrics, data, settings.decode_tokens, settings.threads)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(artifact)))
 
 
-def _measure_served_form(artifact: Path, data: CalibrationData, decode_tokens: int, threads: int) -> dict:
-    """The candidate as llama.cpp will serve it: model.gguf written into the artifact (so the winner carries it) and
-    measured there; recorded in the candidate's manifest too. {} when it has no GGUF form."""
-    served = measure_gguf(artifact, data.eval_blocks, data.prompt_ids[0].tolist(), decode_tokens, threads)
-    if served:
-        manifest = read_manifest(artifact) | served
-        atomic_write_text(artifact / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+def _measure_served_form(
+    artifact: Path, pytorch: dict, data: CalibrationData, decode_tokens: int, threads: int
+) -> dict:
+    """The candidate as it will be served. With a GGUF form (Llama-style, llama.cpp installed): model.gguf written
+    into the artifact (so the winner carries it), measured in llama.cpp, recorded in the manifest too. Returns the
+    gguf_* metrics (if any) and served_*: the GGUF's, else the PyTorch metrics `pytorch`."""
+    gguf = measure_gguf(artifact, data.eval_blocks, data.prompt_ids[0].tolist(), decode_tokens, threads)
+    if gguf:
+        runtime, values = "llama.cpp", [gguf[k] for k in ("gguf_perplexity", "gguf_mb", "gguf_decode_tokens_per_s")]
+        served = gguf | {"served_runtime": runtime}
+    else:
+        runtime, values = "torch", [pytorch[k] for k in ("perplexity", "size_mb", "decode_tokens_per_s")]
+        served = {"served_runtime": runtime}
+    served |= dict(zip(("served_perplexity", "served_mb", "served_tokens_per_s"), values, strict=True))
+    manifest = read_manifest(artifact) | served
+    atomic_write_text(artifact / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return served
 
 
@@ -134,7 +144,7 @@ def _row(result) -> dict:
         "format",
         "build_seconds",
     )
-    served = {k: result.metrics[k] for k in GGUF_METRICS if k in result.metrics}
+    served = {k: result.metrics[k] for k in (*GGUF_METRICS, *SERVED_METRICS) if k in result.metrics}
     return row | {k: result.metrics[k] for k in keep} | served | {"status": "ok", "artifact": result.checkpoint.path}
 
 
@@ -148,7 +158,7 @@ def _baseline_row(inputs: SweepInputs, output: Path, cfg: SweepJobConfig) -> dic
         decode_tokens=cfg.measure.decode_tokens,
     )
     threads = max(1, int(cfg.search.cpus_per_trial))
-    metrics |= _measure_served_form(output / "baseline", inputs.data, cfg.measure.decode_tokens, threads)
+    metrics |= _measure_served_form(output / "baseline", metrics, inputs.data, cfg.measure.decode_tokens, threads)
     return {
         "trial": "baseline",
         "label": "uncompressed",
@@ -198,9 +208,9 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
     objectives = list(cfg.search.objectives)
     front = pareto_front(rows, objectives)
     w = cfg.winner
-    constraint = constraint_text(baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb)
+    constraint = constraint_text(baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb, w.prefer)
     try:
-        winner = choose_winner(rows, baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb)
+        winner = choose_winner(rows, baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb, w.prefer)
     except NoWinnerError:
         write_reports(output, rows, front, baseline, None, constraint, objectives)
         raise

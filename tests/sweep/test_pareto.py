@@ -80,3 +80,21 @@ def test_reports_are_written(tmp_path):
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     summary = (tmp_path / "summary.md").read_text()
     assert "**a**" in summary and "x x: boom" in summary
+
+
+def test_winner_is_judged_as_served_and_can_prefer_speed():
+    # a: small as PyTorch weights but its GGUF is larger; b: larger weights, smallest and fastest GGUF;
+    # c: served by PyTorch (no GGUF form), its PyTorch numbers count; d: fast but over the perplexity budget
+    rows = [
+        row("base", 10.0, 4) | {"served_mb": 2.0, "served_perplexity": 10.0, "served_tokens_per_s": 500.0},
+        row("a", 10.1, 1) | {"served_mb": 1.5, "served_perplexity": 10.2, "served_tokens_per_s": 600.0},
+        row("b", 10.2, 2) | {"served_mb": 0.8, "served_perplexity": 10.3, "served_tokens_per_s": 900.0},
+        row("c", 10.0, 1.2, tps=950.0),
+        row("d", 10.0, 3) | {"served_mb": 0.5, "served_perplexity": 11.0, "served_tokens_per_s": 2000.0},
+    ]
+    assert choose_winner(rows, 10.0)["trial"] == "b"  # d's GGUF loses too much; a's file is bigger
+    assert choose_winner(rows, 10.0, prefer="speed")["trial"] == "c"
+    assert choose_winner(rows, 10.0, max_size_mb=1.0, prefer="speed")["trial"] == "b"
+    add_ratios(rows, rows[0])
+    assert rows[2]["served_bytes_ratio"] == pytest.approx(0.8 / 4) and rows[2]["served_decode_ratio"] == 9.0
+    assert rows[3]["served_bytes_ratio"] == pytest.approx(1.2 / 4) and rows[3]["served_ppl_ratio"] == 1.0
