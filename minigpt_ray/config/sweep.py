@@ -19,6 +19,8 @@ OBJECTIVE_MODES = {
     "served_perplexity": "min",
     "served_mb": "min",
     "served_tokens_per_s": "max",
+    "served_batched_tokens_per_s": "max",
+    "batched_tokens_per_s": "max",
 }
 """What each sweep objective wants: the smallest or the largest value. served_* are the candidate as it will be
 served: its GGUF in llama.cpp (Llama-style models, llama.cpp installed), else its PyTorch form."""

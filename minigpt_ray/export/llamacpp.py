@@ -19,7 +19,7 @@ from minigpt_ray.config.serve import GGUF_FILE
 from minigpt_ray.logs import get_logger
 
 log = get_logger()
-GGUF_METRICS = ("gguf_type", "gguf_mb", "gguf_perplexity", "gguf_decode_tokens_per_s")
+GGUF_METRICS = ("gguf_type", "gguf_mb", "gguf_perplexity", "gguf_decode_tokens_per_s", "gguf_batched_tokens_per_s")
 """What `measure_gguf` reports for a candidate's GGUF form (as llama.cpp serves it)."""
 _GGML_LOG_ERROR = 4  # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _log_callback = None  # the ctypes callback must outlive every llama.cpp call that may log
@@ -140,20 +140,24 @@ def gguf_perplexity(model: LlamaCppModel, blocks: torch.Tensor) -> float:
     return math.exp(min(total_nll / max(1, count), 50.0))
 
 
-def gguf_decode_tokens_per_s(model: LlamaCppModel, prompt: list[int], new_tokens: int = 32, repeats: int = 2) -> float:
-    """Greedy batch-1 decode speed (tokens/s after the prompt), best of `repeats` after one warm-up: the same
-    protocol as the PyTorch candidates' `decode_tokens_per_s`."""
+def gguf_decode_tokens_per_s(
+    model: LlamaCppModel, prompt: list[int], new_tokens: int = 32, repeats: int = 2, rows: int = 1
+) -> float:
+    """Greedy decode speed in tokens/s summed over `rows` sequences of the same prompt decoded together (one
+    llama_decode per step), best of `repeats` after one warm-up: the protocol of the PyTorch candidates'
+    `decode_tokens_per_s`."""
     best = float("inf")
+    last = len(prompt) - 1
     for attempt in range(repeats + 1):
         model.reset_sequences()
         start = time.perf_counter()
-        logits = model.decode([Feed(t, p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])[0]
+        logits = model.decode([Feed(t, p, s, p == last) for s in range(rows) for p, t in enumerate(prompt)])
         for position in range(len(prompt), len(prompt) + new_tokens - 1):
-            logits = model.decode([Feed(int(torch.argmax(logits)), position, 0, True)])[0]
+            logits = model.decode([Feed(int(torch.argmax(x)), position, s, True) for s, x in enumerate(logits)])
         if attempt:  # the first run warms up
             best = min(best, time.perf_counter() - start)
     model.reset_sequences()
-    return new_tokens / best
+    return rows * new_tokens / best
 
 
 def measure_gguf(directory: str | Path, eval_blocks: torch.Tensor, prompt: list[int], decode_tokens: int, threads: int):
@@ -163,6 +167,7 @@ def measure_gguf(directory: str | Path, eval_blocks: torch.Tensor, prompt: list[
     import importlib.util
 
     from minigpt_ray.compress.artifact import load_model_dir
+    from minigpt_ray.compress.candidate import BATCHED_ROWS
     from minigpt_ray.config import ConfigError
     from minigpt_ray.export.gguf import write_gguf
 
@@ -177,13 +182,15 @@ def measure_gguf(directory: str | Path, eval_blocks: torch.Tensor, prompt: list[
         path.unlink(missing_ok=True)
         log.info("no GGUF form for %s: %s", directory, err)
         return {}
-    runtime = LlamaCppModel(path, max_sequences=1, threads=threads)
+    context = max(eval_blocks.shape[1], len(prompt) + decode_tokens)
+    runtime = LlamaCppModel(path, max_sequences=BATCHED_ROWS, threads=threads, context=context)
     try:
         return {
             "gguf_type": quant,
             "gguf_mb": path.stat().st_size / 1e6,
             "gguf_perplexity": gguf_perplexity(runtime, eval_blocks),
             "gguf_decode_tokens_per_s": gguf_decode_tokens_per_s(runtime, prompt, decode_tokens),
+            "gguf_batched_tokens_per_s": gguf_decode_tokens_per_s(runtime, prompt, decode_tokens, rows=BATCHED_ROWS),
         }
     finally:
         runtime.close()

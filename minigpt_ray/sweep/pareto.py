@@ -25,11 +25,14 @@ CSV_FIELDS = [
     "linear_bytes_ratio",
     "decode_tokens_per_s",
     "decode_ratio",
+    "batched_tokens_per_s",
     "served_runtime",
     "served_mb",
     "served_bytes_ratio",
     "served_tokens_per_s",
     "served_decode_ratio",
+    "served_batched_tokens_per_s",
+    "served_batched_ratio",
     "served_perplexity",
     "served_ppl_ratio",
     "gguf_type",
@@ -38,6 +41,7 @@ CSV_FIELDS = [
     "gguf_ppl_ratio",
     "gguf_decode_tokens_per_s",
     "gguf_decode_ratio",
+    "gguf_batched_tokens_per_s",
     "params",
     "sparsity",
     "format",
@@ -81,6 +85,7 @@ SERVED_FALLBACK = {
     "served_perplexity": "perplexity",
     "served_mb": "size_mb",
     "served_tokens_per_s": "decode_tokens_per_s",
+    "served_batched_tokens_per_s": "batched_tokens_per_s",
 }
 """Each served metric and the PyTorch metric it equals for a candidate served by PyTorch."""
 
@@ -150,6 +155,9 @@ def add_ratios(rows: list[dict], baseline: dict) -> None:
             r["served_ppl_ratio"] = served(r, "served_perplexity") / baseline["perplexity"]
             r["served_bytes_ratio"] = served(r, "served_mb") / baseline["size_mb"]  # against the dense PyTorch model
             r["served_decode_ratio"] = served(r, "served_tokens_per_s") / baseline["decode_tokens_per_s"]
+            if "batched_tokens_per_s" in baseline:
+                dense = baseline["batched_tokens_per_s"]
+                r["served_batched_ratio"] = served(r, "served_batched_tokens_per_s") / dense
             if "gguf_mb" in r:  # as llama.cpp serves it, against the dense PyTorch model (what it replaces)
                 r["gguf_ppl_ratio"] = r["gguf_perplexity"] / r["perplexity"]  # against its own PyTorch form
                 r["gguf_bytes_ratio"] = r["gguf_mb"] / baseline["size_mb"]
@@ -249,6 +257,8 @@ def served_lines(winner: dict) -> list[str]:
         f"Served by llama.cpp as `winner/model.gguf` ({winner['gguf_type']}): {winner['gguf_mb']:.3f} MB "
         f"({winner['gguf_bytes_ratio']:.3f}× the dense model's weights), batch-1 decode "
         f"{winner['gguf_decode_tokens_per_s']:.0f} tokens/s ({winner['gguf_decode_ratio']:.2f}× dense PyTorch), "
+        f"8 requests together {winner['gguf_batched_tokens_per_s']:.0f} tokens/s "
+        f"({winner.get('served_batched_ratio', float('nan')):.2f}× dense PyTorch batched), "
         f"perplexity {winner['gguf_perplexity']:.3f} ({winner['gguf_ppl_ratio']:.4f}× its PyTorch form).",
     ]
 

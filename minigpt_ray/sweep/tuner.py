@@ -36,7 +36,14 @@ from minigpt_ray.sweep.pareto import (
 from minigpt_ray.sweep.prepare import SweepInputs, load_base_model, prepare_sweep
 
 SPEC_FIELDS = [f.name for f in fields(CandidateSpec)]
-SERVED_METRICS = ("served_runtime", "served_perplexity", "served_mb", "served_tokens_per_s")
+SERVED_SOURCES = {
+    "served_perplexity": ("gguf_perplexity", "perplexity"),
+    "served_mb": ("gguf_mb", "size_mb"),
+    "served_tokens_per_s": ("gguf_decode_tokens_per_s", "decode_tokens_per_s"),
+    "served_batched_tokens_per_s": ("gguf_batched_tokens_per_s", "batched_tokens_per_s"),
+}
+"""Each served metric: (from the GGUF in llama.cpp, from the PyTorch form)."""
+SERVED_METRICS = ("served_runtime", *SERVED_SOURCES)
 log = get_logger()
 
 
@@ -80,13 +87,9 @@ def _measure_served_form(
     into the artifact (so the winner carries it), measured in llama.cpp, recorded in the manifest too. Returns the
     gguf_* metrics (if any) and served_*: the GGUF's, else the PyTorch metrics `pytorch`."""
     gguf = measure_gguf(artifact, data.eval_blocks, data.prompt_ids[0].tolist(), decode_tokens, threads)
-    if gguf:
-        runtime, values = "llama.cpp", [gguf[k] for k in ("gguf_perplexity", "gguf_mb", "gguf_decode_tokens_per_s")]
-        served = gguf | {"served_runtime": runtime}
-    else:
-        runtime, values = "torch", [pytorch[k] for k in ("perplexity", "size_mb", "decode_tokens_per_s")]
-        served = {"served_runtime": runtime}
-    served |= dict(zip(("served_perplexity", "served_mb", "served_tokens_per_s"), values, strict=True))
+    source = gguf or pytorch
+    served = gguf | {"served_runtime": "llama.cpp" if gguf else "torch"}
+    served |= {key: source[SERVED_SOURCES[key][0 if gguf else 1]] for key in SERVED_SOURCES}
     manifest = read_manifest(artifact) | served
     atomic_write_text(artifact / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return served
@@ -141,6 +144,7 @@ def _row(result) -> dict:
         "params",
         "sparsity",
         "decode_tokens_per_s",
+        "batched_tokens_per_s",
         "format",
         "build_seconds",
     )
