@@ -4,7 +4,8 @@ fp32 `generate` on the same model and llama.cpp called directly, all measured in
   .venv/bin/python bench/serve_decode.py --llama-97m [--tokens 64]
   .venv/bin/python bench/serve_decode.py --model runs/pipeline/finetune/model --winner runs/pipeline/sweep/winner
 
-Served variants: the dense model through PyTorch (fp32), and GGUF exports (q8_0, q4_0; plus `--winner`, a sweep
+Served variants: the dense model through PyTorch (fp32) and through llama.cpp (`--runtime llama.cpp`, which
+converts it to f16 GGUF when the replica starts), and GGUF exports (q8_0, q4_0; plus `--winner`, a sweep
 winner directory, as the pipeline serves it) through llama.cpp. One replica with 2 CPUs (2 threads, as the
 llama.cpp anchor). Batch 1: a greedy request for `--tokens` tokens after a 16-token prompt; tokens/s =
 completion tokens / request latency (prefill, HTTP and Serve included), best of 3 after a warm-up. Concurrency 8:
@@ -34,12 +35,14 @@ from minigpt_ray.export import export_gguf  # noqa: E402
 from minigpt_ray.modeling.tokenizer import load_tokenizer  # noqa: E402
 from minigpt_ray.serving.app import deploy  # noqa: E402
 
+PORT = free_port()  # Serve's HTTP options are fixed when it starts: every deployment here shares them
+
 
 def served_tps(model_dir: Path, runtime: str, prompt: str, tokens: int) -> tuple[float, float, str]:
     """(batch-1 tokens/s, concurrency-8 tokens/s, runtime reported by /health) of one deployment."""
     from ray import serve
 
-    cfg = ServeJobConfig(model=str(model_dir), runtime=runtime, port=free_port(), app_name="bench")
+    cfg = ServeJobConfig(model=str(model_dir), runtime=runtime, port=PORT, app_name="bench")
     cfg.scaling.min_replicas = cfg.scaling.max_replicas = 1
     cfg.scaling.cpus_per_replica = 2
     cfg.limits.max_new_tokens = tokens
@@ -84,6 +87,8 @@ def main() -> None:
     bandwidth = copy_bandwidth_gbs()
     base, fp32_bytes = transformers_tps(model_dir, prompt_ids, args.tokens, torch.float32)
     variants = [("PyTorch fp32 (dense)", model_dir, "torch", fp32_bytes, None)]
+    f16 = export_gguf(model_dir, work / "f16", "f16")  # what --runtime llama.cpp converts the dense model to
+    variants.append(("dense, --runtime llama.cpp (f16)", model_dir, "llama.cpp", f16.stat().st_size, f16))
     for quant in ("q8_0", "q4_0"):
         path = export_gguf(model_dir, work / quant, quant)
         variants.append((f"llama.cpp {quant}", path.parent, "llama.cpp", path.stat().st_size, path))

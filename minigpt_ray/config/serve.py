@@ -73,9 +73,10 @@ class ServeJobConfig:
     """Model directory to serve: a sweep candidate (winner/, any format), a `minigpt export` directory (model.gguf),
     a fine-tuned model/ or any HF causal LM directory with its tokenizer."""
     runtime: str = "auto"
-    """Decode runtime: llama.cpp (the directory's model.gguf: exports and Llama-style sweep winners), torch (the
-    PyTorch model: config.json), or auto (llama.cpp when there is a model.gguf and replicas are CPU-only, else
-    torch). /health reports which one runs."""
+    """Decode runtime: llama.cpp (the directory's model.gguf: exports and Llama-style sweep winners; a Llama-style
+    PyTorch directory without one is converted to f16 GGUF when a replica starts), torch (the PyTorch model:
+    config.json), or auto (llama.cpp when there is a model.gguf and replicas are CPU-only, else torch). /health
+    reports which one runs."""
     model_name: str = "minigpt"
     """Model id listed by /v1/models; requests naming another model get HTTP 404."""
     host: str = "127.0.0.1"
@@ -119,8 +120,11 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
             hint = f" (it has {GGUF_FILE}: serve it with runtime llama.cpp)" if has_gguf else ""
             raise ConfigError(f"model: {cfg.model} has no config.json (not a PyTorch model directory){hint}")
         return
-    if not (directory / GGUF_FILE).is_file():
-        raise ConfigError(f"model: {cfg.model} has no {GGUF_FILE} for runtime llama.cpp (minigpt export writes one)")
+    if not (directory / GGUF_FILE).is_file() and _model_type(directory) != "llama":
+        raise ConfigError(
+            f"model: {cfg.model} has no {GGUF_FILE} for runtime llama.cpp and is not a Llama-style model that "
+            "replicas could convert (minigpt export writes one)"
+        )
     if not (directory / "tokenizer.json").is_file():
         raise ConfigError(f"model: {cfg.model} has no tokenizer.json beside {GGUF_FILE}")
     if importlib.util.find_spec("llama_cpp") is None:
@@ -128,6 +132,15 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
             "runtime: llama.cpp needs llama-cpp-python (scripts/setup.sh builds it; or pip install '.[llama]'); "
             "runtime torch serves the PyTorch model instead"
         )
+
+
+def _model_type(directory: Path) -> str:
+    import json
+
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        return ""
 
 
 def check_model_dir(model: str) -> None:

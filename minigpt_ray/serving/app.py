@@ -51,6 +51,24 @@ def ingress_mode() -> str:
     return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
 
 
+def _gguf_file(model_dir: str) -> Path:
+    """The directory's model.gguf, or for a PyTorch Llama directory an f16 conversion written for this replica
+    (f16: the PyTorch model's logits within f16 rounding, about half its fp32 bytes)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from minigpt_ray.export import export_gguf
+
+    path = Path(model_dir) / GGUF_FILE
+    if path.is_file():
+        return path
+    log.info("%s has no %s: converting it to f16 GGUF for llama.cpp", model_dir, GGUF_FILE)
+    scratch = tempfile.mkdtemp(prefix="minigpt_gguf_")
+    atexit.register(shutil.rmtree, scratch, True)
+    return export_gguf(model_dir, Path(scratch) / "model", "f16")
+
+
 api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
 
 
@@ -63,7 +81,7 @@ class CompletionServer:
         self.runtime = serving_runtime(cfg)
         if self.runtime == "llama.cpp":
             self.tokenizer = load_tokenizer(cfg.model)
-            self.model = LlamaCppModel(Path(cfg.model) / GGUF_FILE, cfg.batching.max_batch_size, threads)
+            self.model = LlamaCppModel(_gguf_file(cfg.model), cfg.batching.max_batch_size, threads)
             self.device, self.context_window = "cpu", self.model.context
         else:
             self.model, self.tokenizer = load_model_dir(cfg.model)
