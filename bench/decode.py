@@ -82,6 +82,7 @@ def llama_cpp_tps(gguf: Path, prompt: list[int], tokens: int, threads: int) -> f
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=threads, verbose=False)
     best = float("inf")
     for _ in range(4):  # the first run warms up
+        llm.reset()  # no KV prefix reuse: every run prefills its prompt, as transformers' generate does
         start = time.perf_counter()
         for count, _token in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True), start=1):
             if count == tokens:

@@ -90,7 +90,7 @@ class LlamaCppModel:
 
     def reset_sequences(self) -> None:
         """Forget every sequence (a new batch starts; a failed one may have left cells behind)."""
-        self.lc.llama_memory_clear(self.memory, True)
+        self.lc.llama_memory_clear(self.memory, False)  # metadata only: cells are overwritten before use
         self.free_sequences = list(range(self.max_sequences - 1, -1, -1))
 
     def release_sequence(self, sequence: int) -> None:
