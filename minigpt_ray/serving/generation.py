@@ -30,6 +30,8 @@ class GenerationRequest:
     """0 = no top-k cut."""
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False
+    """Decode past EOS until max_tokens (vLLM's extension of the OpenAI API; benchmarks use it for fixed lengths)."""
 
 
 def filtered_logits(logits: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
@@ -72,7 +74,7 @@ def advance_row(row: Row, logits: torch.Tensor | None, eos_id: int | None) -> in
         return None
     token = choose_token(row, logits)
     row.generated += 1
-    if token == eos_id:
+    if token == eos_id and not row.request.ignore_eos:
         row.done = True
         return None
     row.done = row.generated >= row.request.max_tokens

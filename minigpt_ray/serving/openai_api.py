@@ -95,8 +95,9 @@ def _unsupported(body: dict) -> None:
     for key, default in (("n", 1), ("best_of", 1), ("echo", False), ("logprobs", None), ("suffix", None)):
         if body.get(key, default) not in (default, None):
             raise ApiError(400, f"{key}: only {json.dumps(default)} is supported by this server", key)
-    if not isinstance(body.get("stream", False), bool):
-        raise ApiError(400, f"stream: expected true or false, got {json.dumps(body.get('stream'))}", "stream")
+    for key in ("stream", "ignore_eos"):
+        if not isinstance(body.get(key, False), bool):
+            raise ApiError(400, f"{key}: expected true or false, got {json.dumps(body.get(key))}", key)
 
 
 @dataclass
@@ -132,6 +133,7 @@ def parse_completion(
         top_k=_integer(body, "top_k", 0, 0),
         stop=_stop(body),
         seed=_integer(body, "seed", None, 0, 2**63 - 1),
+        ignore_eos=body.get("ignore_eos", False),
     )
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if len(ids) > limits.max_prompt_tokens:

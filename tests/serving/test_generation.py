@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from minigpt_ray.modeling.tokenizer import load_tokenizer
-from minigpt_ray.serving.generation import BatchGenerator, GenerationRequest, TextStream
+from minigpt_ray.serving.generation import BatchGenerator, GenerationRequest, Row, TextStream, advance_row
 
 PROMPTS = ["中国人民", "经济", "今天天气", "在北京举行的会议上，"]
 
@@ -130,3 +130,13 @@ def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(zh):
         step += 1
     assert [outputs[id(r)] for r in requests] == alone
     assert widest >= 3 and generator.rows == [] and generator.cache is None
+
+
+def test_ignore_eos_decodes_to_max_tokens_past_eos():
+    eos = 7
+    logits = torch.zeros(10)
+    logits[eos] = 1.0  # the model wants to stop at once
+    stops, keeps = (Row(GenerationRequest([1], max_tokens=3, temperature=0, ignore_eos=f), None) for f in (False, True))
+    stops.prefilled = keeps.prefilled = True
+    assert advance_row(stops, logits, eos) is None and stops.done and stops.generated == 1
+    assert [advance_row(keeps, logits, eos) for _ in range(3)] == [eos, eos, eos] and keeps.done

@@ -43,6 +43,7 @@ def parse(body: dict, limits: LimitsConfig = LIMITS):
         ({"prompt": "hi", "stop": ["a"] * 5}, 400, "stop"),
         ({"prompt": "hi", "seed": "x"}, 400, "seed"),
         ({"prompt": "hi", "stream": "yes"}, 400, "stream"),
+        ({"prompt": "hi", "ignore_eos": 1}, 400, "ignore_eos"),
         ({"prompt": "hi", "n": 2}, 400, "n"),
         ({"prompt": "hi", "echo": True}, 400, "echo"),
         ({"prompt": "hi", "model": "gpt-4"}, 404, "model"),
@@ -71,7 +72,8 @@ def test_a_good_request_and_its_defaults():
     parsed = parse({"prompt": ["今天天气"], "stop": "。", "seed": 3, "model": "minigpt"})
     request, stream, prompt_tokens = parsed.request, parsed.stream, parsed.prompt_tokens
     assert request.max_tokens == LIMITS.default_max_tokens and request.temperature == 1.0 and request.top_p == 1.0
-    assert request.stop == ["。"] and request.seed == 3 and not stream
+    assert request.stop == ["。"] and request.seed == 3 and not stream and not request.ignore_eos
+    assert parse({"prompt": "hi", "ignore_eos": True}).request.ignore_eos
     assert TOKENIZER.decode(request.prompt_ids) == "今天天气" and prompt_tokens == len(request.prompt_ids)
 
 
