@@ -9,7 +9,8 @@ converts it to f16 GGUF when the replica starts), and GGUF exports (q8_0, q4_0; 
 winner directory, as the pipeline serves it) through llama.cpp. One replica with 2 CPUs (2 threads, as the
 llama.cpp anchor). Batch 1: a greedy request for `--tokens` tokens after a 16-token prompt; tokens/s =
 completion tokens / request latency (prefill, HTTP and Serve included), best of 3 after a warm-up. Concurrency 8:
-eight such requests at once, completion tokens / wall time. Bandwidth bound as in bench/decode.py.
+eight such requests at once, completion tokens / wall time. Requests set `ignore_eos`, so every reply is
+`--tokens` long, as in the anchors. Bandwidth bound as in bench/decode.py.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def served_tps(model_dir: Path, runtime: str, prompt: str, tokens: int) -> tuple
     cfg.scaling.cpus_per_replica = 2
     cfg.limits.max_new_tokens = tokens
     url = deploy(cfg.validate())
-    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}  # every reply is `tokens` long
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}  # replies are `tokens` long
 
     def one() -> int:
         reply = requests.post(f"{url}/v1/completions", json=body, timeout=600)
