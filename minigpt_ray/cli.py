@@ -172,7 +172,13 @@ def run_pipeline_job(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    state = run_pipeline(plan)
+    from minigpt_ray.sweep.pareto import NoWinnerError
+
+    try:
+        state = run_pipeline(plan)
+    except NoWinnerError as err:  # the sweep wrote its reports; nothing is served from an older sweep
+        print(f"error: sweep.{err}", file=sys.stderr)
+        return 3
     log.info("report: %s", state["report"])
     if "serve" not in plan.stages:
         return 0
@@ -189,8 +195,10 @@ def run_pipeline_job(args: argparse.Namespace) -> int:
 def to_yaml_sections(values: dict) -> str:
     import yaml
 
+    from minigpt_ray.config.base import masked_secrets
+
     plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in values.items()}
-    return yaml.safe_dump(plain, allow_unicode=True, sort_keys=False)
+    return yaml.safe_dump(masked_secrets(plain), allow_unicode=True, sort_keys=False)
 
 
 JOBS: dict[str, tuple[type, str, Callable]] = {

@@ -48,3 +48,20 @@ def test_print_config_is_a_valid_config_file(tmp_path):
 def test_bad_setting_is_one_line_and_exit_2():
     done = _run("serve", "--model", "/no/such/model")
     assert done.returncode == 2 and done.stderr.strip() == "error: model: directory /no/such/model does not exist"
+
+
+def test_a_pipeline_whose_sweep_finds_no_winner_exits_3_with_one_line(tmp_path, monkeypatch, capsys):
+    from minigpt_ray import cli
+    from minigpt_ray.pipeline import run
+    from minigpt_ray.sweep.pareto import NoWinnerError
+
+    def no_winner(plan):
+        raise NoWinnerError("winner: no candidate meets served size <= 0.001 MB; closest: int8-weight")
+
+    monkeypatch.setattr(run, "run_pipeline", no_winner)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "stages": ["sweep"]}))
+    config = ["pipeline", "--config", str(tmp_path / "p.yaml"), "--no-block"]
+    monkeypatch.setattr(run, "plan_pipeline", lambda *a, **k: run.PipelinePlan(tmp_path / "out", ["sweep"], {}, []))
+    assert cli.main(config) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: sweep.winner: no candidate meets served size <= 0.001 MB; closest: int8-weight"]

@@ -192,9 +192,19 @@ def config_from_args(args: argparse.Namespace, root: type):
     return cfg.validate()
 
 
+SECRET_FIELDS = ("api_key",)
+"""Fields printed as *** wherever a config is shown (--print-config, logs)."""
+
+
+def masked_secrets(values):
+    if isinstance(values, dict):
+        return {k: ("***" if k in SECRET_FIELDS and v else masked_secrets(v)) for k, v in values.items()}
+    return values
+
+
 def to_yaml(cfg) -> str:
-    """A config as YAML in the --config format (sections as mappings)."""
-    return yaml.safe_dump(dataclasses.asdict(cfg), allow_unicode=True, sort_keys=False)
+    """A config as YAML in the --config format (sections as mappings), secrets masked."""
+    return yaml.safe_dump(masked_secrets(dataclasses.asdict(cfg)), allow_unicode=True, sort_keys=False)
 
 
 def require(ok: bool, key: str, message: str, value: Any) -> None:

@@ -89,6 +89,9 @@ class ServeJobConfig:
     """URL prefix of the app's routes (/v1/completions lives under it); apps on one cluster need distinct ones."""
     ray_address: str = ""
     """Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else an embedded local Ray)."""
+    api_key: str = ""
+    """When set (or $MINIGPT_API_KEY), every route but /health requires `Authorization: Bearer <key>` (401
+    otherwise). Never printed or logged."""
     scaling: ReplicaScalingConfig = field(default_factory=ReplicaScalingConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -97,6 +100,12 @@ class ServeJobConfig:
         validate_serve(self)
         check_serve_model(self)
         return self
+
+    def resolved_api_key(self) -> str:
+        """The key replicas check: the setting, else $MINIGPT_API_KEY, else "" (no key)."""
+        import os
+
+        return self.api_key or os.environ.get("MINIGPT_API_KEY", "")
 
 
 def serving_runtime(cfg: ServeJobConfig) -> str:

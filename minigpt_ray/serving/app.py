@@ -18,9 +18,11 @@ from pathlib import Path
 import ray
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve import metrics
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import ServeJobConfig, from_dict
@@ -34,11 +36,13 @@ from minigpt_ray.serving.generation import GenerationRequest
 from minigpt_ray.serving.openai_api import (
     STREAM_DONE,
     ApiError,
+    ParsedCompletion,
     completion_body,
     completion_id,
     decode_body,
     parse_completion,
     stream_event,
+    usage_event,
 )
 
 log = get_logger()
@@ -72,6 +76,17 @@ def _gguf_file(model_dir: str) -> Path:
 api = FastAPI(title="minigpt_ray", description="OpenAI-compatible completions for a minigpt_ray model")
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (unknown route 404, wrong method 405) in OpenAI's error shape, like every other error."""
+    return JSONResponse(ApiError(exc.status_code, f"request: {exc.detail}").body(), status_code=exc.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(ApiError(400, f"request: {exc.errors()[:1]}").body(), status_code=400)
+
+
 @serve.deployment(name="CompletionServer")
 @serve.ingress(api)
 class CompletionServer:
@@ -89,6 +104,7 @@ class CompletionServer:
             self.model.to(self.device)
             self.context_window = max_positions(self.model.config) or None
         self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
+        self.api_key = cfg.api_key
         b = cfg.batching
         self.engine = DecodeEngine(
             self.model, self.tokenizer, b.max_batch_size, b.batch_wait_timeout_s, b.continuous, on_step=self._count_step
@@ -111,21 +127,38 @@ class CompletionServer:
             self.tokens.inc(tokens)
 
     @api.get("/health")
-    async def health(self) -> dict:
+    async def health(self):
         import resource
 
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        return {
-            "status": "ok",
+        broken = self.engine.broken
+        status = {
+            "status": "ok" if broken is None else "unhealthy",
             "model": self.name,
             "runtime": self.runtime,
             "device": str(self.device),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "ingress": ingress_mode(),
         }
+        if broken is not None:  # the last decode step failed as a whole: load balancers should look elsewhere
+            return JSONResponse(status | {"error": f"decode step failed: {type(broken).__name__}"}, status_code=503)
+        return status
+
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        """401 unless the request carries the configured key (constant-time comparison); None when allowed."""
+        import hmac
+
+        if not self.api_key:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            return None
+        return self._error(ApiError(401, "authorization: missing or wrong API key", None, "invalid_api_key"))
 
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request):
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         return {
             "object": "list",
             "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "minigpt_ray"}],
@@ -134,6 +167,8 @@ class CompletionServer:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         started = time.perf_counter()
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         try:
             declared = int(request.headers.get("content-length") or 0)
             if declared > self.limits.max_body_bytes:
@@ -143,20 +178,19 @@ class CompletionServer:
                     None,
                     "body_too_large",
                 )
-            body = decode_body(await request.body(), self.limits)
+            body = decode_body(await self._read_body(request), self.limits)
             parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
             return self._error(err)
         cid = completion_id()
         if parsed.stream:
-            self.requests.inc(tags={"status": "200"})
-            return StreamingResponse(self._sse(parsed.request, cid, started), media_type="text/event-stream")
+            return StreamingResponse(self._sse(parsed, cid, started), media_type="text/event-stream")
         try:
             text, reason, count, batch = await asyncio.wait_for(self._collect(parsed.request, started), self.timeout)
         except TimeoutError:
             return self._error(ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout"))
-        except Exception as err:  # noqa: BLE001 - a failed decode step answers JSON, like every other error
-            return self._error(ApiError(500, f"generation failed: {type(err).__name__}: {err}", None, "server_error"))
+        except Exception:  # noqa: BLE001 - a failed decode answers JSON, like every other error
+            return self._error(self._failure())
         self.requests.inc(tags={"status": "200"})
         # The most requests decoded together while this one ran: lets operators (and tests) see batching happen.
         return JSONResponse(
@@ -166,6 +200,22 @@ class CompletionServer:
                 "x-minigpt-server-ms": f"{1000 * (time.perf_counter() - started):.1f}",
             },
         )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it passes the limit: a chunked body has no Content-Length to check
+        up front, and must not be buffered whole first."""
+        limit, size, parts = self.limits.max_body_bytes, 0, []
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise ApiError(413, f"body: more than the limit of {limit} bytes", None, "body_too_large")
+            parts.append(part)
+        return b"".join(parts)
+
+    def _failure(self) -> ApiError:
+        """A 500 for the client (internal details stay in the replica's log, written here)."""
+        log.exception("generation failed")
+        return ApiError(500, "generation failed (the replica's log has the details)", None, "server_error")
 
     def _error(self, err: ApiError) -> JSONResponse:
         self.requests.inc(tags={"status": str(err.status)})
@@ -191,28 +241,38 @@ class CompletionServer:
                 batch = max(batch, chunk.batch_size)
         return "".join(pieces), reason, count, batch
 
-    async def _sse(self, gen_request: GenerationRequest, cid: str, started: float):
-        deadline = started + self.timeout
-        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+    async def _sse(self, parsed: ParsedCompletion, cid: str, started: float):
+        deadline, status, count = started + self.timeout, "200", 0
+        async with contextlib.aclosing(self._chunks(parsed.request, started)) as chunks:
             while True:
                 try:  # the deadline holds while a request still queues for a batch row, too
                     chunk = await asyncio.wait_for(anext(chunks), max(0.0, deadline - time.perf_counter()))
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    error = ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
-                    self.errors.inc(tags={"status": "504"})
+                except Exception as err:  # noqa: BLE001 - a failed stream ends with an error event, then [DONE]
+                    timeout = isinstance(err, TimeoutError)
+                    error = (
+                        ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout")
+                        if timeout
+                        else self._failure()
+                    )
+                    status = str(error.status)
+                    self.errors.inc(tags={"status": status})
                     yield f"data: {json.dumps(error.body())}\n\n"
                     break
+                count = chunk.completion_tokens
                 if chunk.text or chunk.finish_reason:
                     yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
+        self.requests.inc(tags={"status": status})
+        if parsed.include_usage and status == "200":
+            yield usage_event(cid, self.name, parsed.prompt_tokens, count)
         yield STREAM_DONE
 
 
 def build_app(cfg: ServeJobConfig):
     """The Serve application for a validated config (the model path made absolute: replicas may run elsewhere)."""
     s = cfg.scaling
-    cfg = dataclasses.replace(cfg, model=str(Path(cfg.model).resolve()))
+    cfg = dataclasses.replace(cfg, model=str(Path(cfg.model).resolve()), api_key=cfg.resolved_api_key())
     deployment = CompletionServer.options(
         autoscaling_config={
             "min_replicas": s.min_replicas,

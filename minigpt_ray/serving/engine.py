@@ -57,6 +57,8 @@ class DecodeEngine:
         self.running: list[_Job] = []
         self.batch: BatchGenerator | None = None
         self.loop_task: asyncio.Task | None = None
+        self.broken: Exception | None = None
+        """The error of the last decode step that failed as a whole (None once a step succeeds): /health reports it."""
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Chunks for one request, ending with the chunk that has a finish reason. Closing the iterator early
@@ -84,8 +86,10 @@ class DecodeEngine:
                 self._admit()
                 if self.running:
                     self._step()
+                    self.broken = None
                 await asyncio.sleep(0)  # let handlers on this loop parse and queue new requests
         except Exception as err:  # noqa: BLE001 - every waiting client must hear about it, not hang
+            self.broken = err
             for job in self.running + list(self.waiting):
                 job.chunks.put_nowait(err)
             self.running, self.batch = [], None
@@ -113,10 +117,13 @@ class DecodeEngine:
         tokens = self.batch.step()
         rows = len(tokens)
         for i, (job, token) in enumerate(zip(self.running, tokens, strict=False)):
+            row = self.batch.rows[i]
             if job.abandoned:
                 continue
+            if row.error is not None:  # this request alone failed: tell its client, keep decoding the others
+                job.chunks.put_nowait(row.error)
+                continue
             piece = job.stream.push(token) if token is not None else ""
-            row = self.batch.rows[i]
             if job.stream.stopped:
                 self.batch.finish(i)
                 reason = "stop"

@@ -57,11 +57,17 @@ class Row:
     done: bool = False
     prefilled: bool = False
     """False until the step that feeds its prompt (rows that joined a running batch wait for one step)."""
+    error: Exception | None = None
+    """Why this row alone failed (its token could not be chosen); the row is done and its client is told."""
+
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily (as vLLM does): dividing logits by them overflows to inf."""
 
 
 def choose_token(row: Row, logits: torch.Tensor) -> int:
-    """Greedy at temperature 0, else a draw from the filtered distribution with the row's own generator."""
-    if row.request.temperature == 0:
+    """Greedy at temperature ~0, else a draw from the filtered distribution with the row's own generator."""
+    if row.request.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     probs = torch.softmax(filtered_logits(logits, row.request), dim=-1)
     return int(torch.multinomial(probs, 1, generator=row.generator))
@@ -72,7 +78,11 @@ def advance_row(row: Row, logits: torch.Tensor | None, eos_id: int | None) -> in
     prefilled (EOS ends the row and is never returned)."""
     if row.done or not row.prefilled:
         return None
-    token = choose_token(row, logits)
+    try:
+        token = choose_token(row, logits)
+    except Exception as err:  # noqa: BLE001 - one row's failure ends that row only, not its batch-mates
+        row.error, row.done = err, True
+        return None
     row.generated += 1
     if token == eos_id and not row.request.ignore_eos:
         row.done = True

@@ -91,13 +91,41 @@ def _stop(body: dict) -> list[str]:
     return stop
 
 
+UNSUPPORTED = (
+    ("n", 1),
+    ("best_of", 1),
+    ("echo", False),
+    ("logprobs", None),
+    ("suffix", None),
+    ("presence_penalty", 0),
+    ("frequency_penalty", 0),
+    ("logit_bias", None),
+)
+"""OpenAI parameters this server does not implement, with the one value it accepts (the default): any other value
+is refused with a 400 naming the parameter rather than silently ignored."""
+
+
 def _unsupported(body: dict) -> None:
-    for key, default in (("n", 1), ("best_of", 1), ("echo", False), ("logprobs", None), ("suffix", None)):
+    for key, default in UNSUPPORTED:
         if body.get(key, default) not in (default, None):
             raise ApiError(400, f"{key}: only {json.dumps(default)} is supported by this server", key)
     for key in ("stream", "ignore_eos"):
         if not isinstance(body.get(key, False), bool):
             raise ApiError(400, f"{key}: expected true or false, got {json.dumps(body.get(key))}", key)
+
+
+def _include_usage(body: dict) -> bool:
+    """stream_options.include_usage: a last streamed chunk carrying the usage (OpenAI's stream_options)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not body.get("stream", False):
+        raise ApiError(400, "stream_options: only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise ApiError(400, 'stream_options: expected {"include_usage": true|false}', "stream_options")
+    if not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "stream_options: include_usage must be true or false", "stream_options")
+    return options.get("include_usage", False)
 
 
 @dataclass
@@ -108,6 +136,8 @@ class ParsedCompletion:
     stream: bool
     prompt_tokens: int
     """Prompt length after any truncation (usage.prompt_tokens)."""
+    include_usage: bool = False
+    """Streamed: end with a chunk holding the usage (stream_options.include_usage)."""
 
 
 def parse_completion(
@@ -157,7 +187,7 @@ def parse_completion(
             )
         ids = ids[-room:]
     request.prompt_ids = ids
-    return ParsedCompletion(request=request, stream=body.get("stream", False), prompt_tokens=len(ids))
+    return ParsedCompletion(request, body.get("stream", False), len(ids), _include_usage(body))
 
 
 def completion_id() -> str:
@@ -190,6 +220,12 @@ def stream_event(cid: str, model: str, text: str, finish_reason: str | None) -> 
         "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
     }
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def usage_event(cid: str, model: str, prompt_tokens: int, completion_tokens: int) -> str:
+    """The last chunk of a stream with stream_options.include_usage: no choices, the usage (OpenAI's shape)."""
+    body = completion_body(cid, model, "", "", prompt_tokens, completion_tokens)
+    return f"data: {json.dumps(body | {'choices': []})}\n\n"
 
 
 STREAM_DONE = "data: [DONE]\n\n"

@@ -174,6 +174,17 @@ def _baseline_row(inputs: SweepInputs, output: Path, cfg: SweepJobConfig) -> dic
     }
 
 
+def _retire_winner(output: Path) -> None:
+    """A sweep without a winner removes the previous one (renamed away first, so no reader sees half of it):
+    serving must never pick up a winner this sweep did not choose."""
+    winner = output / "winner"
+    if winner.exists():
+        retired = output / f".winner.retired-{time.time_ns()}"
+        winner.rename(retired)
+        shutil.rmtree(retired, ignore_errors=True)
+        log.info("no winner: removed the previous %s", winner)
+
+
 def _install_winner(winner: dict, output: Path, constraint: str) -> Path:
     """Copy the winning artifact to <output>/winner atomically, with why it won in its manifest."""
     target = output / "winner"
@@ -217,6 +228,7 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
         winner = choose_winner(rows, baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb, w.prefer)
     except NoWinnerError:
         write_reports(output, rows, front, baseline, None, constraint, objectives)
+        _retire_winner(output)
         raise
     _install_winner(winner, output, constraint)
     write_reports(output, rows, front, baseline, winner, constraint, objectives)

@@ -107,3 +107,14 @@ def test_training_flags_are_documented():
     ]:
         assert flag in help_text
     assert "DeepSpeed ZeRO stage" in help_text
+
+
+def test_secrets_are_masked_where_a_config_is_shown(monkeypatch):
+    from minigpt_ray.config import ServeJobConfig
+
+    cfg = ServeJobConfig(api_key="s3cret-key")
+    shown = to_yaml(cfg)
+    assert "s3cret" not in shown and "api_key: '***'" in shown
+    assert "api_key: ''" in to_yaml(ServeJobConfig())  # an unset key stays visibly unset
+    monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
+    assert ServeJobConfig().resolved_api_key() == "from-env" and cfg.resolved_api_key() == "s3cret-key"

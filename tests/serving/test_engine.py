@@ -130,11 +130,13 @@ def test_a_failing_step_reaches_every_waiting_client(zh):
         outcomes = await asyncio.gather(
             *[collect(engine, request(tokenizer, p, 8)) for p in PROMPTS[:3]], return_exceptions=True
         )
+        broken = engine.broken  # what /health reports until a step succeeds again
         recovered = await collect(engine, request(tokenizer, PROMPTS[0], 4))
-        return outcomes, recovered
+        return outcomes, recovered, broken, engine.broken
 
-    outcomes, recovered = asyncio.run(scenario())
+    outcomes, recovered, broken, after = asyncio.run(scenario())
     assert all(isinstance(o, Broken) for o in outcomes)  # nobody hangs
+    assert isinstance(broken, Broken) and after is None
     # the engine starts clean for the next request
     assert "".join(c.text for c in recovered) == solo_text(model, tokenizer, request(tokenizer, PROMPTS[0], 4))
 
@@ -187,3 +189,29 @@ def test_static_mode_runs_a_batch_to_its_end_before_queued_requests_start(zh):
     names = [name for name, _ in order]
     assert names.index("late") > max(i for i, n in enumerate(names) if n == "first")  # waited for the batch
     assert all(size == 1 for _, size in order)
+
+
+def test_one_requests_sampling_failure_ends_only_that_request(zh, monkeypatch):
+    from minigpt_ray.serving import generation
+
+    model, tokenizer = zh
+    real_choose = generation.choose_token
+
+    def choose(row, logits):  # a failure that only one request's settings trigger
+        if row.request.seed == 666 and row.generated == 2:
+            raise FloatingPointError("sampling overflowed")
+        return real_choose(row, logits)
+
+    monkeypatch.setattr(generation, "choose_token", choose)
+    good = [request(tokenizer, p, 10) for p in PROMPTS[:3]]
+    poisoned = request(tokenizer, PROMPTS[3], 10, temperature=0.8, seed=666)
+
+    async def scenario():
+        engine = DecodeEngine(model, tokenizer, max_batch_size=8)
+        outcomes = await asyncio.gather(*(collect(engine, r) for r in [*good, poisoned]), return_exceptions=True)
+        return outcomes, engine.broken
+
+    outcomes, broken = asyncio.run(scenario())
+    assert isinstance(outcomes[-1], FloatingPointError) and broken is None
+    for req, chunks in zip(good, outcomes[:-1], strict=True):
+        assert "".join(c.text for c in chunks) == solo_text(model, tokenizer, req)

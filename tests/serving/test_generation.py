@@ -140,3 +140,14 @@ def test_ignore_eos_decodes_to_max_tokens_past_eos():
     stops.prefilled = keeps.prefilled = True
     assert advance_row(stops, logits, eos) is None and stops.done and stops.generated == 1
     assert [advance_row(keeps, logits, eos) for _ in range(3)] == [eos, eos, eos] and keeps.done
+
+
+def test_tiny_temperatures_decode_greedily_and_a_bad_row_fails_alone():
+    logits = torch.tensor([0.0, 3.0, 1.0])
+    tiny = Row(GenerationRequest([1], max_tokens=4, temperature=1e-40, seed=1), torch.Generator().manual_seed(1))
+    tiny.prefilled = True
+    assert advance_row(tiny, logits, eos_id=None) == 1  # 3 / 1e-40 would be inf: greedy instead
+    broken = Row(GenerationRequest([1], max_tokens=4, temperature=1.0), torch.Generator().manual_seed(1))
+    broken.prefilled = True
+    assert advance_row(broken, torch.tensor([float("nan")] * 3), eos_id=None) is None
+    assert broken.done and isinstance(broken.error, RuntimeError)

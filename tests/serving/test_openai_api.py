@@ -44,6 +44,11 @@ def parse(body: dict, limits: LimitsConfig = LIMITS):
         ({"prompt": "hi", "seed": "x"}, 400, "seed"),
         ({"prompt": "hi", "stream": "yes"}, 400, "stream"),
         ({"prompt": "hi", "ignore_eos": 1}, 400, "ignore_eos"),
+        ({"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({"prompt": "hi", "frequency_penalty": -1}, 400, "frequency_penalty"),
+        ({"prompt": "hi", "logit_bias": {"5": 10}}, 400, "logit_bias"),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
+        ({"prompt": "hi", "stream": True, "stream_options": {"include_usage": 1}}, 400, "stream_options"),
         ({"prompt": "hi", "n": 2}, 400, "n"),
         ({"prompt": "hi", "echo": True}, 400, "echo"),
         ({"prompt": "hi", "model": "gpt-4"}, 404, "model"),
@@ -74,6 +79,8 @@ def test_a_good_request_and_its_defaults():
     assert request.max_tokens == LIMITS.default_max_tokens and request.temperature == 1.0 and request.top_p == 1.0
     assert request.stop == ["。"] and request.seed == 3 and not stream and not request.ignore_eos
     assert parse({"prompt": "hi", "ignore_eos": True}).request.ignore_eos
+    assert parse({"prompt": "hi", "presence_penalty": 0, "logit_bias": None}).request.temperature == 1.0
+    assert parse({"prompt": "hi", "stream": True, "stream_options": {"include_usage": True}}).include_usage
     assert TOKENIZER.decode(request.prompt_ids) == "今天天气" and prompt_tokens == len(request.prompt_ids)
 
 

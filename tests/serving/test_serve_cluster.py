@@ -162,6 +162,9 @@ BAD = [
     ("unknown model", b'{"prompt": "hi", "model": "gpt-4"}', 404),
     ("prompt too long", json.dumps({"prompt": "中国人民" * 40}).encode(), 400),
     ("past the context window", json.dumps({"prompt": "中国人民" * 3, "max_tokens": 60}).encode(), 400),  # 64 positions
+    ("unimplemented penalty", b'{"prompt": "hi", "presence_penalty": 1}', 400),
+    ("unimplemented logit_bias", b'{"prompt": "hi", "logit_bias": {"3": 5}}', 400),
+    ("stream_options without stream", b'{"prompt": "hi", "stream_options": {"include_usage": true}}', 400),
 ]
 
 
@@ -174,7 +177,17 @@ def test_bad_inputs_get_4xx_json_and_the_replica_stays_up(endpoint):
         assert reply.status_code == status, (name, reply.text)
         error = reply.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"], name
-    assert requests.get(f"{url}/v1/completions", timeout=10).status_code == 405
+
+    def chunked():  # no Content-Length: the limit must hold while the body is read
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"a" * 100
+        yield b'"}'
+
+    reply = requests.post(f"{url}/v1/completions", data=chunked(), headers={"Content-Type": "application/json"})
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
+    for reply, status in ((requests.get(f"{url}/v1/completions", timeout=10), 405), (requests.get(f"{url}/nope"), 404)):
+        assert reply.status_code == status and reply.json()["error"]["type"] == "invalid_request_error"
     assert complete(url, prompt="中国人民", max_tokens=4, temperature=0).status_code == 200
 
 
@@ -264,3 +277,48 @@ def test_metrics_are_exported_through_ray(endpoint):
         time.sleep(2)
     missing = [name for name in wanted if name not in text]
     assert not missing, missing
+
+
+def test_a_tiny_temperature_is_greedy_and_hurts_no_batch_mate(endpoint):
+    url, _ = endpoint
+    greedy = [complete(url, prompt=p, max_tokens=12, temperature=0).json()["choices"][0]["text"] for p in PROMPTS[:4]]
+    with ThreadPoolExecutor(4) as pool:  # 1e-40 once overflowed logits / T and failed every request in the batch
+        replies = list(pool.map(lambda p: complete(url, prompt=p, max_tokens=12, temperature=1e-40), PROMPTS[:4]))
+    assert [r.status_code for r in replies] == [200] * 4
+    assert [r.json()["choices"][0]["text"] for r in replies] == greedy
+
+
+def test_stream_usage_is_the_last_chunk_when_asked(endpoint):
+    url, _ = endpoint
+    events = stream(url, prompt="经济", max_tokens=8, temperature=0, stream_options={"include_usage": True})
+    assert events[-1] == {"done": True} and events[-2]["choices"] == []
+    usage = events[-2]["usage"]
+    assert (
+        usage["completion_tokens"]
+        == complete(url, prompt="经济", max_tokens=8, temperature=0).json()["usage"]["completion_tokens"]
+    )
+    assert all("usage" not in e for e in events[:-2])
+
+
+def test_an_api_key_guards_every_route_but_health(endpoint, tiny_zh_model):
+    from ray import serve
+
+    url, candidate = endpoint
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    cfg = serve_config(candidate, port)
+    cfg.app_name, cfg.route_prefix, cfg.api_key = "keyed", "/keyed", "s3cret"
+    keyed = deploy(cfg)
+    try:
+        assert requests.get(f"{keyed}/health", timeout=10).status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            for reply in (
+                requests.get(f"{keyed}/v1/models", headers=headers, timeout=10),
+                requests.post(f"{keyed}/v1/completions", json={"prompt": "经济"}, headers=headers, timeout=10),
+            ):
+                assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
+        good = {"Authorization": "Bearer s3cret"}
+        assert requests.get(f"{keyed}/v1/models", headers=good, timeout=10).status_code == 200
+        reply = requests.post(f"{keyed}/v1/completions", json={"prompt": "经济", "max_tokens": 2}, headers=good)
+        assert reply.status_code == 200
+    finally:
+        serve.delete("keyed")

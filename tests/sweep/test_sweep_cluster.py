@@ -112,8 +112,11 @@ def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):
     cfg = sweep_config(
         tiny_trained["dir"], tmp_path / "none", algorithm="grid", methods=["none"], quants=["int8-weight"]
     )
+    stale = tmp_path / "none" / "winner"  # a winner left by an earlier sweep into the same output
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")
     cfg.winner.max_size_mb = 0.001
     with pytest.raises(NoWinnerError, match=r"closest: .*int8-weight"):
         run_sweep(cfg)
     assert (tmp_path / "none" / "pareto.json").is_file()
-    assert not (tmp_path / "none" / "winner").exists()
+    assert not stale.exists() and not list((tmp_path / "none").glob(".winner*"))  # never served again
