@@ -207,6 +207,22 @@ def to_yaml(cfg) -> str:
     return yaml.safe_dump(masked_secrets(dataclasses.asdict(cfg)), allow_unicode=True, sort_keys=False)
 
 
+def check_output_dir(output: str, key: str = "output") -> None:
+    """`output` can be created and written: not an existing file, and its nearest existing ancestor writable."""
+    import os
+    from pathlib import Path
+
+    path = Path(output).expanduser()
+    require(not path.is_file(), key, "is a file, not a directory", output)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    require(
+        existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK),
+        key,
+        f"is not writable ({existing} does not allow creating files)",
+        output,
+    )
+
+
 def require(ok: bool, key: str, message: str, value: Any) -> None:
     """Raise ConfigError naming `key` and the offending value unless `ok`."""
     if not ok:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minigpt_ray.config.base import ConfigError, require
+from minigpt_ray.config.base import ConfigError, check_output_dir, require
 from minigpt_ray.config.compress import CandidateError, CandidateSpec
 from minigpt_ray.config.train import CorpusConfig, validate_corpus
 
@@ -129,6 +129,13 @@ def validate_sweep(cfg: SweepJobConfig) -> None:
     s, m, w = cfg.search, cfg.measure, cfg.winner
     require(bool(cfg.model.strip()), "model", "must name a model directory", cfg.model)
     require(bool(cfg.output.strip()) and "://" not in cfg.output, "output", "must be a filesystem path", cfg.output)
+    check_output_dir(cfg.output)
+    require(
+        bool(cfg.run_name) and not set("/\\") & set(cfg.run_name) and cfg.run_name not in (".", ".."),
+        "run_name",
+        "must be a plain name (no path separators)",
+        cfg.run_name,
+    )
     require(s.algorithm in ("optuna", "grid"), "search.algorithm", "must be optuna or grid", s.algorithm)
     require(s.num_samples >= 1, "search.num_samples", "must be >= 1", s.num_samples)
     require(s.recovery_lr > 0, "search.recovery_lr", "must be > 0", s.recovery_lr)

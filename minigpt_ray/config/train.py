@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minigpt_ray.config.base import ConfigError, require
+from minigpt_ray.config.base import ConfigError, check_output_dir, require
 
 
 @dataclass
@@ -154,6 +155,13 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(
         "://" not in cfg.output, "output", "must be a filesystem path (remote URIs are not supported yet)", cfg.output
     )
+    check_output_dir(cfg.output)
+    require(
+        not set("/\\") & set(cfg.run_name) and cfg.run_name not in (".", ".."),
+        "run_name",
+        "must be a plain name (no path separators)",
+        cfg.run_name,
+    )
     require(
         m.vocab_size == 0 or m.vocab_size >= 300,
         "model.vocab_size",
@@ -170,11 +178,14 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1", t.micro_batch_size)
     require(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1", t.grad_accum_steps)
     require(t.max_steps >= 1, "train.max_steps", "must be >= 1", t.max_steps)
-    require(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    require(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be a finite number > 0", t.lr)
     require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
     require(0 <= t.warmup_steps < t.max_steps, "train.warmup_steps", "must be in [0, max_steps)", t.warmup_steps)
-    require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
-    require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0", t.grad_clip)
+    require(
+        math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", "must be finite and >= 0",
+        t.weight_decay,
+    )  # fmt: skip
+    require(math.isfinite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", "must be finite and >= 0", t.grad_clip)
     for key in ("eval_every", "checkpoint_every", "log_every"):
         require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
     require(t.eval_batches >= 0, "train.eval_batches", "must be >= 0", t.eval_batches)

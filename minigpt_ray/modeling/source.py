@@ -60,6 +60,18 @@ class ModelSource:
         )
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_model_files(path: Path, name: str, field: str) -> None:
+    """A model directory holds weights and a tokenizer (found now, not when workers load it)."""
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"{field}: {name} has no weights (no {', '.join(WEIGHT_FILES)} file)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"{field}: {name} has no tokenizer ({', '.join(TOKENIZER_FILES)})")
+
+
 def resolve_model(name: str, field: str = "model.name", presets: bool = True) -> ModelSource:
     """Resolve `name` before any worker starts; a bad name raises ConfigError naming `field`, in one line.
     `presets=False` for jobs that need trained weights (the sweep)."""
@@ -80,6 +92,8 @@ def resolve_model(name: str, field: str = "model.name", presets: bool = True) ->
         what = "does not exist" if not path.exists() else "has no config.json"
         raise ConfigError(f"{field}: {name!r} is not a preset ({', '.join(PRESETS)}) and the directory {what}")
     location = str(path.resolve()) if looks_like_path else name
+    if looks_like_path:
+        _check_model_files(path, name, field)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False)
     except (OSError, ValueError) as err:

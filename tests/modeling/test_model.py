@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from minigpt_ray.config import ConfigError
 from minigpt_ray.modeling.model import PRESETS, build_model, count_parameters, preset_config
 from minigpt_ray.modeling.source import resolve_model
+from minigpt_ray.modeling.tokenizer import save_tokenizer, train_bpe
 
 
 def _build(name: str, config, checkpointing: bool = False):
@@ -45,6 +46,9 @@ def test_gpt2_checkpoint_resolves_once_and_loads_through_from_pretrained(tmp_pat
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=300, n_positions=64)).save_pretrained(
         tmp_path
     )
+    with pytest.raises(ConfigError, match=r"^model.name: .* has no tokenizer \(tokenizer.json"):
+        resolve_model(str(tmp_path))  # found before any worker starts, not when one loads it
+    save_tokenizer(train_bpe(["some text to learn a few merges from"] * 20, 300), tmp_path)
     monkeypatch.chdir(tmp_path.parent)
     source = resolve_model(tmp_path.name)  # a relative directory: workers get its absolute path
     assert not source.is_preset and source.location == str(tmp_path) and source.max_positions == 64
@@ -54,3 +58,9 @@ def test_gpt2_checkpoint_resolves_once_and_loads_through_from_pretrained(tmp_pat
     reference = AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, 300, (1, 10))
     assert torch.equal(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_a_model_directory_without_weights_is_refused_up_front(tmp_path):
+    GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=300).save_pretrained(tmp_path)  # config.json only
+    with pytest.raises(ConfigError, match=r"^model.name: .* has no weights \(no \*.safetensors"):
+        resolve_model(str(tmp_path))

@@ -27,6 +27,8 @@ CASES = {
     "missing corpus": (["--data", "{tmp}/nope.txt"], "data.sources: ", "nope.txt"),
     "bad objective": (["--objectives", "perplexity,speed"], "search.objectives: ", "speed"),
     "unknown algorithm": (["--algorithm", "random"], "search.algorithm: ", "optuna or grid"),
+    "unknown preference": (["--prefer", "cheap"], "winner.prefer: ", "size or speed"),
+    "run name a path": (["--run-name", "a/b"], "run_name: ", "no path separators"),
 }
 
 

@@ -23,6 +23,9 @@ def _bad_inputs(tmp: Path) -> dict:
     (tmp / "latin1.txt").write_bytes("naïve café, déjà vu\n".encode("latin-1"))
     (tmp / "short.txt").write_text("Just a few words.\n")
     (tmp / "nomodel").mkdir()
+    (tmp / "noweights").mkdir()
+    (tmp / "noweights" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp / "sci.yaml").write_text("train: {lr: 0e-3, grad_clip: 1e-3}\n")  # YAML 1.1 reads both as strings
     return {
         "missing corpus": (["--data", str(tmp / "nope.txt")], "data.sources: ", "nope.txt"),
         "empty corpus": (["--data", str(tmp / "empty.txt")], "data.sources: ", "is empty"),
@@ -32,7 +35,13 @@ def _bad_inputs(tmp: Path) -> dict:
         "missing model dir": (["--model", str(tmp / "no" / "model")], "model.name: ", "does not exist"),
         "dir without config": (["--model", str(tmp / "nomodel")], "model.name: ", "has no config.json"),
         "zero stage 4": (["--zero-stage", "4"], "train.zero_stage: ", "got 4"),
-        "lr 0": (["--lr", "0"], "train.lr: ", "must be > 0"),
+        "lr 0": (["--lr", "0"], "train.lr: ", "must be a finite number > 0"),
+        "lr inf": (["--lr", "inf"], "train.lr: ", "must be a finite number > 0"),
+        "grad_clip nan": (["--grad-clip", "nan"], "train.grad_clip: ", "must be finite"),
+        "run name a path": (["--run-name", "../elsewhere"], "run_name: ", "no path separators"),
+        "output a file": (["--output", str(tmp / "empty.txt")], "output: ", "is a file"),
+        "yaml 1e-3 is a number": (["--config", str(tmp / "sci.yaml")], "train.lr: ", "got 0.0"),
+        "model dir without weights": (["--model", str(tmp / "noweights")], "model.name: ", "has no weights"),
         "batch 0": (["--micro-batch-size", "0"], "train.micro_batch_size: ", "must be >= 1"),
         "bad yaml key": (["--config", str(tmp / "bad.yaml")], "train.zero: ", "unknown setting"),
     }
@@ -50,6 +59,12 @@ def _bad_inputs(tmp: Path) -> dict:
         "dir without config",
         "zero stage 4",
         "lr 0",
+        "lr inf",
+        "grad_clip nan",
+        "run name a path",
+        "output a file",
+        "yaml 1e-3 is a number",
+        "model dir without weights",
         "batch 0",
         "bad yaml key",
     ],
