@@ -44,6 +44,9 @@ class BatchingConfig:
     continuous: bool = True
     """False = static batching: a batch decodes until its last request ends before queued requests start (short
     requests then wait for long batch-mates; bench/serve_load.py compares both)."""
+    max_queued_requests: int = 64
+    """Requests a replica holds waiting for a batch row (beyond its free rows); further ones are answered 503 with
+    Retry-After (backpressure instead of an unbounded queue), so clients and load balancers can back off."""
     batch_wait_timeout_s: float = 0.0
     """When a replica is idle, how long the first request waits for others to share its prefill. Requests that
     arrive later join the running batch without waiting, so 0 (start at once) is right for most loads."""
@@ -189,6 +192,7 @@ def validate_serve(cfg: ServeJobConfig) -> None:
     require(s.cpus_per_replica >= 0, "scaling.cpus_per_replica", "must be >= 0", s.cpus_per_replica)
     require(s.gpus_per_replica >= 0, "scaling.gpus_per_replica", "must be >= 0", s.gpus_per_replica)
     require(b.max_batch_size >= 1, "batching.max_batch_size", "must be >= 1", b.max_batch_size)
+    require(b.max_queued_requests >= 1, "batching.max_queued_requests", "must be >= 1", b.max_queued_requests)
     require(b.batch_wait_timeout_s >= 0, "batching.batch_wait_timeout_s", "must be >= 0", b.batch_wait_timeout_s)
     require(lim.max_prompt_tokens >= 1, "limits.max_prompt_tokens", "must be >= 1", lim.max_prompt_tokens)
     require(

@@ -104,7 +104,7 @@ class CompletionServer:
             self.model.to(self.device)
             self.context_window = max_positions(self.model.config) or None
         self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
-        self.api_key = cfg.api_key
+        self.api_key, self.max_queued = cfg.api_key, cfg.batching.max_queued_requests
         b = cfg.batching
         self.engine = DecodeEngine(
             self.model, self.tokenizer, b.max_batch_size, b.batch_wait_timeout_s, b.continuous, on_step=self._count_step
@@ -182,6 +182,9 @@ class CompletionServer:
             parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
             return self._error(err)
+        if self.engine.backlog >= self.max_queued:
+            busy = ApiError(503, f"server: {self.engine.backlog} requests already queued", None, "overloaded")
+            return self._error(busy, headers={"Retry-After": "1"})
         cid = completion_id()
         if parsed.stream:
             return StreamingResponse(self._sse(parsed, cid, started), media_type="text/event-stream")
@@ -217,10 +220,10 @@ class CompletionServer:
         log.exception("generation failed")
         return ApiError(500, "generation failed (the replica's log has the details)", None, "server_error")
 
-    def _error(self, err: ApiError) -> JSONResponse:
+    def _error(self, err: ApiError, headers: dict | None = None) -> JSONResponse:
         self.requests.inc(tags={"status": str(err.status)})
         self.errors.inc(tags={"status": str(err.status)})
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     async def _chunks(self, gen_request: GenerationRequest, started: float):
         first = True

@@ -60,6 +60,12 @@ class DecodeEngine:
         self.broken: Exception | None = None
         """The error of the last decode step that failed as a whole (None once a step succeeds): /health reports it."""
 
+    @property
+    def backlog(self) -> int:
+        """Requests that will still be waiting after the next step admits what the free rows can take."""
+        free = self.max_batch_size - len(self.running)
+        return max(0, sum(not job.abandoned for job in self.waiting) - free)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Chunks for one request, ending with the chunk that has a finish reason. Closing the iterator early
         (client gone, timeout) frees the request's row at the next step."""

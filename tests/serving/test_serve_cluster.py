@@ -322,3 +322,27 @@ def test_an_api_key_guards_every_route_but_health(endpoint, tiny_zh_model):
         assert reply.status_code == 200
     finally:
         serve.delete("keyed")
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(endpoint):
+    from ray import serve
+
+    url, candidate = endpoint
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    cfg = serve_config(candidate, port)
+    cfg.app_name, cfg.route_prefix = "tight", "/tight"
+    cfg.batching.max_batch_size, cfg.batching.max_queued_requests = 1, 1
+    tight = deploy(cfg)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(
+                pool.map(lambda p: complete(tight, prompt=p, max_tokens=40, ignore_eos=True), PROMPTS + PROMPTS[:2])
+            )
+        statuses = sorted(r.status_code for r in replies)
+        assert set(statuses) == {200, 503} and statuses.count(200) >= 2  # one decoding, one queued, the rest refused
+        for reply in replies:
+            if reply.status_code == 503:
+                assert reply.headers["Retry-After"] == "1" and reply.json()["error"]["code"] == "overloaded"
+        assert complete(tight, prompt="经济", max_tokens=4).status_code == 200  # the queue drains
+    finally:
+        serve.delete("tight")
