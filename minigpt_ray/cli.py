@@ -83,9 +83,13 @@ INGRESS = {
 
 
 def run_finetune(cfg: TrainJobConfig) -> int:
-    from minigpt_ray.training.trainer import run_training  # late: --help and config errors stay instant
+    from minigpt_ray.training.trainer import TrainingDiverged, run_training  # late: --help stays instant
 
-    m = run_training(cfg)
+    try:
+        m = run_training(cfg)
+    except TrainingDiverged as err:
+        print(f"error: {err}; nothing published under {cfg.output}/model", file=sys.stderr)
+        return 1
     log.info(
         "val loss %.3f -> %.3f (ppl %.1f -> %.1f) in %d steps, %s tokens/s",
         m["initial_val_loss"],
@@ -173,12 +177,16 @@ def run_pipeline_job(args: argparse.Namespace) -> int:
         )
         return 0
     from minigpt_ray.sweep.pareto import NoWinnerError
+    from minigpt_ray.training.trainer import TrainingDiverged
 
     try:
         state = run_pipeline(plan)
     except NoWinnerError as err:  # the sweep wrote its reports; nothing is served from an older sweep
         print(f"error: sweep.{err}", file=sys.stderr)
         return 3
+    except TrainingDiverged as err:
+        print(f"error: {err}; the stages after it did not run", file=sys.stderr)
+        return 1
     log.info("report: %s", state["report"])
     if "serve" not in plan.stages:
         return 0

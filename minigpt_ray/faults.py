@@ -4,6 +4,7 @@ every normal run, so no production function takes a test-only argument.
   MINIGPT_RAY_FAULT=crash-at-step:6:/tmp/marker   a training worker dies hard once at step 6 (the marker file
                                                   records that it happened, so the restarted group runs on)
   MINIGPT_RAY_FAULT=fail-trial:method=structured,quant=none   sweep trials whose settings match raise
+  MINIGPT_RAY_FAULT=nan-at-step:5                  training diverges: after step 5 a weight (every rank) is NaN
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class WorkerFault:
         sys.stderr.write(f"injected crash at step {step} on rank {rank}\n")
         sys.stderr.flush()
         os._exit(1)
+
+
+def nan_step() -> int | None:
+    """The training step after which the workers' weights are made NaN (a divergence), or None."""
+    spec = _fault_spec("nan-at-step")
+    return int(spec) if spec is not None else None
 
 
 def trial_fault() -> dict | None:

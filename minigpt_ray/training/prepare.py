@@ -12,11 +12,14 @@ from transformers import PretrainedConfig
 from minigpt_ray.config import ConfigError, TrainConfig, TrainJobConfig
 from minigpt_ray.data.corpora import load_documents, split_documents
 from minigpt_ray.data.packing import PackedData, pack_splits
-from minigpt_ray.faults import WorkerFault
+from minigpt_ray.faults import WorkerFault, nan_step
 from minigpt_ray.modeling.model import ModelBuildSpec, preset_config, preset_vocab_size
 from minigpt_ray.modeling.source import ModelSource, resolve_model
 from minigpt_ray.modeling.tokenizer import load_tokenizer, sample_texts, train_bpe
 from minigpt_ray.training.deepspeed_config import build_deepspeed_config
+
+DIVERGENCE_FILE = "diverged.txt"
+"""Written under the output by a run that stopped on NaN/inf (its reason, one line)."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,13 @@ class WorkerConfig:
     threads_per_worker: int
     tensorboard_dir: str
     """Absolute directory rank 0 writes TensorBoard events to."""
+    divergence_file: str = ""
+    """Absolute path rank 0 writes to when training diverges (the driver reads it: Ray Train's result holds the
+    metrics of the last checkpoint, and a diverged run reports none)."""
     fault: WorkerFault | None = None
     """Injected failure for the fault-tolerance tests (from $MINIGPT_RAY_FAULT; None in normal runs)."""
+    nan_step: int | None = None
+    """Injected divergence: weights are NaN after this step (from $MINIGPT_RAY_FAULT; None in normal runs)."""
 
     @property
     def zero_stage(self) -> int:
@@ -57,7 +65,9 @@ class PreparedRun:
             block_size=self.cfg.data.block_size,
             threads_per_worker=max(1, int(train.cpus_per_worker)),
             tensorboard_dir=str(Path(self.cfg.output).resolve() / "tensorboard"),
+            divergence_file=str(Path(self.cfg.output).resolve() / DIVERGENCE_FILE),
             fault=WorkerFault.from_env(world_size),
+            nan_step=nan_step(),
         )
 
 

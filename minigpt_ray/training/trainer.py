@@ -19,7 +19,7 @@ from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import count_parameters, sample_text
 from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
-from minigpt_ray.training.prepare import PreparedRun, prepare_run, saved_tokenizer_dir
+from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir
 from minigpt_ray.training.state import TrainerState
 from minigpt_ray.training.worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
@@ -80,6 +80,10 @@ def build_trainer(prepared: PreparedRun, use_gpu: bool) -> TorchTrainer:
     )
 
 
+class TrainingDiverged(RuntimeError):
+    """The run stopped on NaN/inf loss or weights; no model was published (an earlier model/ is untouched)."""
+
+
 def run_training(cfg: TrainJobConfig) -> dict:
     """Run (or resume) training; returns the metrics also written to `<output>/metrics.json`."""
     started = time.time()
@@ -91,7 +95,11 @@ def run_training(cfg: TrainJobConfig) -> dict:
     if not saved_tokenizer_dir(cfg.output).is_dir():
         with atomic_directory(saved_tokenizer_dir(cfg.output)) as staging:
             save_tokenizer(prepared.tokenizer, staging)
+    diverged = Path(cfg.output) / DIVERGENCE_FILE
+    diverged.unlink(missing_ok=True)  # a record of an earlier run, not of this one
     result = build_trainer(prepared, use_gpu).fit()
+    if diverged.is_file():
+        raise TrainingDiverged(diverged.read_text().strip())
     return finalize(prepared, result, use_gpu, time.time() - started)
 
 

@@ -43,6 +43,8 @@ class LoopContext:
     flops_per_token: float
     peak_flops: float
     board: wu.Board
+    step_loss: float = 0.0
+    """Loss of the last micro-batch (the divergence check's first signal)."""
     tokens_per_step: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,8 +100,16 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         return
     if state.step == 0:
         _evaluate_and_record(loop)
-    _train_steps(loop)
-    _report(loop, final=True)
+    try:
+        _train_steps(loop)
+        _report(loop, final=True)
+    except Diverged as err:
+        # Reported without a checkpoint and ended normally: Ray Train must not retry it (it would diverge again
+        # from the same checkpoint) and nothing diverged may be published.
+        wu.log(rank, f"stopping: {err}")
+        if rank == 0:
+            Path(config.divergence_file).write_text(f"{err}\n")
+        ray.train.report({"step": state.step, "diverged": str(err), "final": True})
     loop.board.close()
 
 
@@ -158,7 +168,10 @@ def _train_steps(loop: LoopContext) -> None:
                 # Model-state high-water mark (weights + full gradients + optimizer states): what ZeRO shards.
                 state.tensor_bytes = wu.live_tensor_bytes()
             engine.step()
-            window.add(loss.item())
+            if loop.config.nan_step == state.step + 1:
+                _inject_divergence(engine)
+            loop.step_loss = loss.item()
+            window.add(loop.step_loss)
         seconds = time.perf_counter() - t0
         state.step += 1
         window.steps += 1
@@ -238,8 +251,33 @@ def _evaluate_and_record(loop: LoopContext) -> None:
     )
 
 
+def _inject_divergence(engine) -> None:
+    """Test-only ($MINIGPT_RAY_FAULT=nan-at-step:N): NaN weights, as a blown-up update leaves them. (NaN gradients
+    alone do not do it: DeepSpeed skips a step whose gradient norm is not finite.)"""
+    weight = next(p for p in engine.module.parameters() if p.numel())
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+
+
+class Diverged(Exception):
+    """Loss or weights stopped being finite: the run stops without reporting a checkpoint."""
+
+
+def _check_finite(loop: LoopContext) -> None:
+    """Raise Diverged on every rank when any rank's last loss, validation loss or weights are NaN/inf."""
+    val = loop.state.history[-1].get("val_loss") if loop.state.history else None
+    losses = [v for v in (loop.step_loss, val) if v is not None]
+    weights = all(torch.isfinite(p).all() for p in loop.engine.module.parameters() if p.numel())
+    local_bad = not (all(math.isfinite(v) for v in losses) and weights)
+    if any(flag[0] for flag in wu.gather_floats([float(local_bad)], loop.device, loop.world)):
+        what = f"loss {loop.step_loss}, validation loss {val}" + ("" if weights else ", non-finite weights")
+        raise Diverged(f"training diverged at step {loop.state.step} ({what}); lower train.lr or raise warmup")
+
+
 def _report(loop: LoopContext, final: bool) -> None:
-    """Every rank writes its DeepSpeed shards into its own temp dir; Ray Train merges them into one checkpoint."""
+    """Every rank writes its DeepSpeed shards into its own temp dir; Ray Train merges them into one checkpoint.
+    Nothing is saved from a diverged state (checked on every rank first)."""
+    _check_finite(loop)
     engine, state, rank = loop.engine, loop.state, loop.rank
     metrics = dict(state.history[-1]) if state.history else {"step": state.step}
     metrics.update(
@@ -261,5 +299,3 @@ def _report(loop: LoopContext, final: bool) -> None:
                 wu.save_hf_model(engine.module.config, full_state, Path(tmp) / HF_MODEL_DIR)
         # Ray names the directory (by time), so a step redone after a restart never lands on an existing one.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    if not math.isfinite(metrics.get("val_loss", 0.0)):
-        raise FloatingPointError(f"validation loss is {metrics['val_loss']} at step {state.step}: lower train.lr")

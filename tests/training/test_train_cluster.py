@@ -8,7 +8,7 @@ import torch
 from helpers import tiny_run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from minigpt_ray.config import ConfigError
+from minigpt_ray.config import ConfigError, to_yaml
 from minigpt_ray.training.trainer import run_training
 
 pytestmark = pytest.mark.cluster
@@ -139,3 +139,23 @@ def test_more_workers_than_cluster_fails_before_start(ray_cluster, tmp_path):
     with pytest.raises(ConfigError, match=r"^train.num_workers: 3 workers x 1 CPU need 3 CPUs, the cluster has 2"):
         run_training(tiny_run_config(output, num_workers=3))
     assert not output.exists()
+
+
+def test_a_diverged_run_publishes_nothing_and_is_not_retried(ray_cluster, tmp_path, monkeypatch, capsys):
+    from minigpt_ray import cli
+
+    output = tmp_path / "nan"
+    previous = output / "model"  # what an earlier run published: must survive
+    previous.mkdir(parents=True)
+    (previous / "config.json").write_text('{"from": "the earlier run"}')
+    cfg = tiny_run_config(output, zero_stage=2, precision="fp32", max_steps=10, checkpoint_every=4, eval_every=5)
+    (tmp_path / "nan.yaml").write_text(to_yaml(cfg))
+    monkeypatch.setenv("MINIGPT_RAY_FAULT", "nan-at-step:5")  # step 5's gradients are NaN: weights follow
+    capsys.readouterr()
+    assert cli.main(["finetune", "--config", str(tmp_path / "nan.yaml")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "training diverged at step" in err[0] and "nothing published" in err[0], err
+    assert (previous / "config.json").read_text() == '{"from": "the earlier run"}'
+    assert not (output / "metrics.json").exists()
+    state = _state(output)  # the last checkpoint is the step-4 one, from before the divergence
+    assert state["step"] == 4 and state["resumed_from"] == []  # and Ray Train did not restart the workers
