@@ -115,6 +115,10 @@ def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+REPACK_SLACK = 16
+"""Cache columns beyond the longest live row tolerated before the batch is repacked (repacking copies the cache)."""
+
+
 class BatchGenerator:
     """Continuous batching: step-by-step decoding of a batch that requests can join (`add`) and leave (`compact`)
     between steps. `step()` returns one new token id (or None) per row of `rows`.
@@ -155,8 +159,11 @@ class BatchGenerator:
         self.rows += joining
 
     def compact(self) -> None:
-        """Drop finished rows and trim leading cache columns that every remaining row masks out."""
+        """Drop finished rows, trim leading cache columns that every remaining row masks out, and repack a cache
+        that joins have made much wider than its longest row."""
         if all(not row.done for row in self.rows):
+            if self.mask is not None:
+                self._repack_if_wide()
             return
         # prefilled rows, in list order, are the cache's batch rows 0, 1, ...
         keep = [slot for slot, row in enumerate(r for r in self.rows if r.prefilled) if not row.done]
@@ -176,6 +183,30 @@ class BatchGenerator:
         self.mask = self.mask[:, unused:]
         for layer in _cache_layers(self.cache):
             layer.keys, layer.values = layer.keys[index, :, unused:], layer.values[index, :, unused:]
+        self._repack_if_wide()
+
+    def _repack_if_wide(self) -> None:
+        """Keep the cache at most REPACK_SLACK columns wider than its longest row. A join pads every running row by
+        the joining prompt's width in the middle of its history, and trimming only drops leading columns, so under
+        churn the cache (and each step's attention) would grow without bound. Repacking moves each row's attended
+        columns to the right end of a cache as wide as the longest row; cached keys carry their rotary positions and
+        position ids are kept per row, so attention sees exactly what it saw before."""
+        lengths = self.mask.sum(dim=1)
+        width = int(lengths.max())
+        if self.mask.shape[1] <= width + REPACK_SLACK:
+            return
+        keep = [self.mask[i].nonzero().squeeze(1) for i in range(self.mask.shape[0])]
+        mask = torch.zeros((len(keep), width), dtype=self.mask.dtype, device=self.device)
+        for i, cols in enumerate(keep):
+            mask[i, width - len(cols) :] = 1
+        for layer in _cache_layers(self.cache):
+            keys = layer.keys.new_zeros(*layer.keys.shape[:2], width, layer.keys.shape[3])
+            values = layer.values.new_zeros(*layer.values.shape[:2], width, layer.values.shape[3])
+            for i, cols in enumerate(keep):
+                keys[i, :, width - len(cols) :] = layer.keys[i, :, cols]
+                values[i, :, width - len(cols) :] = layer.values[i, :, cols]
+            layer.keys, layer.values = keys, values
+        self.mask = mask
 
     def _advance(self, i: int) -> int | None:
         return advance_row(self.rows[i], self.next_logits[i] if self.rows[i].prefilled else None, self.eos_id)

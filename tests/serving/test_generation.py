@@ -151,3 +151,32 @@ def test_tiny_temperatures_decode_greedily_and_a_bad_row_fails_alone():
     broken.prefilled = True
     assert advance_row(broken, torch.tensor([float("nan")] * 3), eos_id=None) is None
     assert broken.done and isinstance(broken.error, RuntimeError)
+
+
+def test_cache_width_stays_bounded_under_churn(zh):
+    """A long request beside a stream of short requests with long prompts: each join pads the running rows mid-way,
+    so without repacking the cache would grow by a prompt's width per join; every row still decodes as if alone."""
+    from minigpt_ray.serving.generation import REPACK_SLACK
+
+    model, tokenizer = zh
+    long_prompt = tokenizer.decode(greedy(tokenizer, "在北京举行的会议上，" * 2).prompt_ids)
+    anchor = greedy(tokenizer, "经济", n=40, ignore_eos=True)
+    churn = [greedy(tokenizer, long_prompt, n=2, ignore_eos=True) for _ in range(12)]
+    generator = BatchGenerator(model, [anchor], tokenizer.eos_token_id, tokenizer.eos_token_id)
+    outputs = {id(r): [] for r in [anchor, *churn]}
+    pending, widest = list(churn), 0
+    while generator.active:
+        if pending:
+            generator.add([pending.pop(0)])
+        for row, token in zip(generator.rows, generator.step(), strict=True):
+            if token is not None:
+                outputs[id(row.request)].append(token)
+        generator.compact()
+        if generator.mask is not None:
+            longest = int(generator.mask.sum(dim=1).max())
+            assert generator.mask.shape[1] <= longest + REPACK_SLACK
+            widest = max(widest, generator.mask.shape[1])
+    joins = len(churn) * len(churn[0].prompt_ids)
+    assert widest < len(anchor.prompt_ids) + 40 + REPACK_SLACK < joins  # bounded, far below the sum of the joins
+    assert outputs[id(anchor)] == decode_all(model, tokenizer, [anchor])[0]
+    assert all(outputs[id(r)] == decode_all(model, tokenizer, [r])[0] for r in churn[:3])
