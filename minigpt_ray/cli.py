@@ -34,15 +34,16 @@ settings; `jobs/<job>.py` is the same program for `ray job submit`."""
 FINETUNE_DOC = """Pretrain or fine-tune a GPT with Ray Train + DeepSpeed ZeRO.
 
   minigpt finetune --config configs/pretrain.yaml                           # embedded local Ray
-  ray job submit --working-dir . -- python jobs/finetune.py --config ...    # on a running cluster
+  ray job submit --working-dir . -- python jobs/finetune.py --config ... --output /shared/runs/ft   # on a cluster
 
-Outputs under --output: model/ (HF directory), metrics.json, run_config.yaml, tokenizer/, checkpoints/,
-tensorboard/ (`tensorboard --logdir <output>/tensorboard`)."""
+On a cluster --output must be absolute, on storage every node shares. Outputs under --output: model/ (HF
+directory), metrics.json, run_config.yaml, tokenizer/, checkpoints/, tensorboard/ (`tensorboard --logdir
+<output>/tensorboard`)."""
 
 SWEEP_DOC = """Compress a fine-tuned model: a Ray Tune sweep over pruning and quantization, the Pareto front, a winner.
 
   minigpt sweep --model runs/finetune/model --data zh-reviews                # embedded local Ray
-  ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml   # on a running cluster
+  ray job submit --working-dir . -- python jobs/sweep.py --config configs/sweep.yaml --output /shared/runs/sweep
 
 Outputs under --output: pareto.csv, pareto.json, pareto.png, summary.md, trials.csv, baseline/, winner/ (the
 chosen candidate, loadable with minigpt_ray.compress.load_candidate, with model.gguf beside it for Llama-style

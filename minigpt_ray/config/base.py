@@ -207,12 +207,19 @@ def to_yaml(cfg) -> str:
     return yaml.safe_dump(masked_secrets(dataclasses.asdict(cfg)), allow_unicode=True, sort_keys=False)
 
 
-def check_output_dir(output: str, key: str = "output") -> None:
-    """`output` can be created and written: not an existing file, and its nearest existing ancestor writable."""
+def check_output_dir(output: str, key: str = "output", joins_cluster: bool = False) -> None:
+    """`output` can be created and written: not an existing file, its nearest existing ancestor writable, and
+    absolute when the job joins a cluster (workers on other nodes would resolve a relative path elsewhere)."""
     import os
     from pathlib import Path
 
     path = Path(output).expanduser()
+    require(
+        not joins_cluster or path.is_absolute(),
+        key,
+        "must be an absolute path on storage every node shares when joining a cluster",
+        output,
+    )
     require(not path.is_file(), key, "is a file, not a directory", output)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     require(

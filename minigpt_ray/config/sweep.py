@@ -5,6 +5,7 @@ corpus settings (`CorpusConfig`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -129,7 +130,7 @@ def validate_sweep(cfg: SweepJobConfig) -> None:
     s, m, w = cfg.search, cfg.measure, cfg.winner
     require(bool(cfg.model.strip()), "model", "must name a model directory", cfg.model)
     require(bool(cfg.output.strip()) and "://" not in cfg.output, "output", "must be a filesystem path", cfg.output)
-    check_output_dir(cfg.output)
+    check_output_dir(cfg.output, joins_cluster=bool(cfg.ray_address or os.environ.get("RAY_ADDRESS")))
     require(
         bool(cfg.run_name) and not set("/\\") & set(cfg.run_name) and cfg.run_name not in (".", ".."),
         "run_name",

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -155,7 +156,7 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(
         "://" not in cfg.output, "output", "must be a filesystem path (remote URIs are not supported yet)", cfg.output
     )
-    check_output_dir(cfg.output)
+    check_output_dir(cfg.output, joins_cluster=bool(cfg.ray_address or os.environ.get("RAY_ADDRESS")))
     require(
         not set("/\\") & set(cfg.run_name) and cfg.run_name not in (".", ".."),
         "run_name",

@@ -118,3 +118,14 @@ def test_secrets_are_masked_where_a_config_is_shown(monkeypatch):
     assert "api_key: ''" in to_yaml(ServeJobConfig())  # an unset key stays visibly unset
     monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
     assert ServeJobConfig().resolved_api_key() == "from-env" and cfg.resolved_api_key() == "s3cret-key"
+
+
+def test_a_relative_output_is_refused_when_joining_a_cluster(monkeypatch):
+    from minigpt_ray.config import ConfigError, SweepJobConfig, TrainJobConfig
+    from minigpt_ray.config.base import check_output_dir
+
+    check_output_dir("runs/relative", joins_cluster=False)  # an embedded Ray: relative is fine
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what `ray job submit` sets for the job
+    for cls in (TrainJobConfig, SweepJobConfig):
+        with pytest.raises(ConfigError, match=r"^output: must be an absolute path on storage every node shares"):
+            cls(output="runs/relative").validate()
