@@ -8,12 +8,14 @@ when the pipeline is re-run with the same output directory.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, from_dict
+from minigpt_ray.config import ConfigError, ServeJobConfig, SweepJobConfig, TrainJobConfig, from_dict, to_yaml
 from minigpt_ray.config.serve import check_serve_model, serving_runtime, validate_serve
 from minigpt_ray.data.corpora import check_sources
 from minigpt_ray.logs import get_logger
@@ -32,6 +34,24 @@ class PipelinePlan:
     stages: list[str]
     configs: dict
     prompts: list[str]
+    digests: dict = field(default_factory=dict)
+    """Per stage: a hash of its settings and of every stage before it. A finished stage whose digest changed runs
+    again (and so does everything after it); training stages name their run by it, so checkpoints of other
+    settings are never resumed."""
+
+
+def _settings_digest(cfg, upstream: str) -> str:
+    plain = dataclasses.replace(cfg, run_name="") if isinstance(cfg, TrainJobConfig) else cfg
+    return hashlib.sha256((upstream + to_yaml(plain)).encode()).hexdigest()[:16]
+
+
+def _chain_digests(configs: dict) -> dict:
+    digests, upstream = {}, ""
+    for stage in STAGES:
+        digests[stage] = upstream = _settings_digest(configs[stage], upstream)
+        if isinstance(configs[stage], TrainJobConfig) and not configs[stage].run_name:
+            configs[stage].run_name = f"{stage}-{upstream[:8]}"
+    return digests
 
 
 def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = None) -> PipelinePlan:
@@ -74,7 +94,8 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
         except ConfigError as err:
             raise ConfigError(f"{stage}.{err}") from None
         configs[stage] = cfg
-    return PipelinePlan(output, stages, configs, list(values.get("prompts") or ["今天天气"]))
+    digests = _chain_digests(configs)
+    return PipelinePlan(output, stages, configs, list(values.get("prompts") or ["今天天气"]), digests)
 
 
 def _stage_config(stage: str, section: dict, cls):
@@ -115,8 +136,11 @@ def _load_state(output: Path) -> dict:
 
 
 def _finished(plan: PipelinePlan, state: dict, stage: str) -> bool:
+    """Done with these settings (a state written before digests existed counts as matching)."""
     marker = DONE_MARKERS.get(stage)
-    return stage in state["stages"] and marker is not None and (plan.output / stage / marker).is_file()
+    if stage not in state["stages"] or marker is None or not (plan.output / stage / marker).is_file():
+        return False
+    return state["stages"][stage].get("settings", plan.digests.get(stage)) == plan.digests.get(stage)
 
 
 def _run_stage(stage: str, cfg) -> tuple[str, dict]:
@@ -152,10 +176,12 @@ def run_pipeline(plan: PipelinePlan) -> dict:
     """Run the planned stages in order (skipping finished ones), then write the report. Returns the state."""
     plan.output.mkdir(parents=True, exist_ok=True)
     state = _load_state(plan.output)
+    upstream_ran = False  # a stage that runs again invalidates every stage after it
     for stage in plan.stages:
-        if stage != "serve" and _finished(plan, state, stage):
+        if stage != "serve" and not upstream_ran and _finished(plan, state, stage):
             log.info("pipeline: %s already finished (%s); skipped", stage, state["stages"][stage]["result"])
             continue
+        upstream_ran = stage != "serve"
         log.info("pipeline: stage %s starting", stage)
         started = time.time()
         result, extra = _run_stage(stage, plan.configs[stage])
@@ -163,6 +189,7 @@ def run_pipeline(plan: PipelinePlan) -> dict:
             "seconds": time.time() - started,
             "resources": _resources(stage, plan.configs[stage]),
             "result": result,
+            "settings": plan.digests.get(stage),
             **extra,
         }
         atomic_write_text(plan.output / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")

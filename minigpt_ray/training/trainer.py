@@ -19,6 +19,7 @@ from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import count_parameters, sample_text
 from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
+from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
 from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir
 from minigpt_ray.training.state import TrainerState
 from minigpt_ray.training.worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
@@ -51,6 +52,11 @@ def check_resources(train, use_gpu: bool) -> None:
         )
 
 
+def run_name(cfg: TrainJobConfig) -> str:
+    """Ray Train's run name: the setting, else the output directory's name."""
+    return cfg.run_name or Path(cfg.output.rstrip("/")).name
+
+
 def storage_path(output: str) -> str:
     return str(Path(output).resolve() / "checkpoints")  # Ray Train storage must be absolute
 
@@ -69,7 +75,7 @@ def build_trainer(prepared: PreparedRun, use_gpu: bool) -> TorchTrainer:
             num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.run_name or Path(cfg.output.rstrip("/")).name,
+            name=run_name(cfg),
             storage_path=storage_path(cfg.output),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
@@ -95,6 +101,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
     if not saved_tokenizer_dir(cfg.output).is_dir():
         with atomic_directory(saved_tokenizer_dir(cfg.output)) as staging:
             save_tokenizer(prepared.tokenizer, staging)
+    # Before any worker starts: checkpoints of another run (model, data, layout) must not be resumed.
+    check_or_record(Path(storage_path(cfg.output)) / run_name(cfg), run_fingerprint(prepared), cfg.output)
     diverged = Path(cfg.output) / DIVERGENCE_FILE
     diverged.unlink(missing_ok=True)  # a record of an earlier run, not of this one
     result = build_trainer(prepared, use_gpu).fit()

@@ -103,6 +103,11 @@ def test_resume_after_worker_crash_continues_then_rerun_resumes(ray_cluster, tmp
     again = run_training(cfg)
     assert sorted(p.name for p in (output / "checkpoints" / "crash").iterdir() if p.is_dir()) == checkpoints_before
     assert (again["steps"], again["final_val_loss"]) == (12, metrics["final_val_loss"])
+    # Another layout into the same output and run name: refused before any worker starts, nothing touched.
+    cfg.train.zero_stage = 2
+    with pytest.raises(ConfigError, match=r"^output: .* holds checkpoints of a different run \(zero_stage changed\)"):
+        run_training(cfg)
+    assert sorted(p.name for p in (output / "checkpoints" / "crash").iterdir() if p.is_dir()) == checkpoints_before
 
 
 def test_finetune_gpt2_checkpoint_zero0_gradient_checkpointing(ray_cluster, tmp_path, shakespeare_text):
