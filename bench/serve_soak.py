@@ -74,6 +74,30 @@ def one_request(url: str, i: int) -> tuple[str, float]:
         return f"connection error ({type(err).__name__})", 0.0
 
 
+def report(args, results, wall, kill_at, killed, recovered, before, after) -> None:
+    latencies = sorted(seconds for outcome, seconds, _ in results if outcome == "ok")
+    outcomes = collections.Counter(outcome for outcome, _, _ in results)
+    expected = {"ok", "stream ok", "stream abandoned", "bad input refused"}
+    failed = [sent for outcome, _, sent in results if outcome not in expected]
+    # a request sent after the kill was noticed (the replacement exists) should not fail
+    late = [sent for sent in failed if sent > killed["at"] + (recovered or 120)]
+    print(f"{args.requests} requests, concurrency {args.concurrency}, 2 replicas, one killed after {kill_at}: "
+          f"{wall:.1f} s, {args.requests / wall:.1f} requests/s\n")  # fmt: skip
+    print("| outcome | requests |\n|---|---|")
+    for outcome, count in sorted(outcomes.items(), key=lambda kv: -kv[1]):
+        print(f"| {outcome} | {count} |")
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    print(f"\nplain completions: p50 {1000 * statistics.median(latencies):.0f} ms, p99 {1000 * p99:.0f} ms")
+    survivor = [k for k in before if k != killed["actor_id"]]
+    for actor in survivor:
+        growth = after.get(actor, float("nan")) / before[actor]
+        print(f"surviving replica RSS: {before[actor]:.0f} MB before, {after.get(actor, float('nan')):.0f} MB after "
+              f"({growth:.2f}x)")  # fmt: skip
+    print(f"back to 2 replicas {recovered:.1f} s after the kill" if recovered else "not back to 2 replicas in 120 s")
+    print(f"failed: {len(failed)}, all sent before the kill or within {recovered or 120:.1f} s after it, except "
+          f"{len(late)}; sent before the kill: {sum(sent < killed['at'] for sent in failed)}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/pipeline/sweep/winner")
@@ -115,27 +139,7 @@ def main() -> None:
         else:
             time.sleep(0.5)
     after = {a.actor_id: rss_mb(a.pid) for a in replicas()}
-    latencies = sorted(seconds for outcome, seconds, _ in results if outcome == "ok")
-    outcomes = collections.Counter(outcome for outcome, _, _ in results)
-    expected = {"ok", "stream ok", "stream abandoned", "bad input refused"}
-    failed = [sent for outcome, _, sent in results if outcome not in expected]
-    # a request sent after the kill was noticed (the replacement exists) should not fail
-    late = [sent for sent in failed if sent > killed["at"] + (recovered or 120)]
-    print(f"{args.requests} requests, concurrency {args.concurrency}, 2 replicas, one killed after {kill_at}: "
-          f"{wall:.1f} s, {args.requests / wall:.1f} requests/s\n")  # fmt: skip
-    print("| outcome | requests |\n|---|---|")
-    for outcome, count in sorted(outcomes.items(), key=lambda kv: -kv[1]):
-        print(f"| {outcome} | {count} |")
-    p99 = latencies[int(0.99 * (len(latencies) - 1))]
-    print(f"\nplain completions: p50 {1000 * statistics.median(latencies):.0f} ms, p99 {1000 * p99:.0f} ms")
-    survivor = [k for k in before if k != killed["actor_id"]]
-    for actor in survivor:
-        growth = after.get(actor, float("nan")) / before[actor]
-        print(f"surviving replica RSS: {before[actor]:.0f} MB before, {after.get(actor, float('nan')):.0f} MB after "
-              f"({growth:.2f}x)")  # fmt: skip
-    print(f"back to 2 replicas {recovered:.1f} s after the kill" if recovered else "not back to 2 replicas in 120 s")
-    print(f"failed: {len(failed)}, all sent before the kill or within {recovered or 120:.1f} s after it, except "
-          f"{len(late)}; sent before the kill: {sum(sent < killed['at'] for sent in failed)}")  # fmt: skip
+    report(args, results, wall, kill_at, killed, recovered, before, after)
     from ray import serve
 
     serve.shutdown()

@@ -32,7 +32,6 @@ from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.serving.engine import DecodeEngine
-from minigpt_ray.serving.generation import GenerationRequest
 from minigpt_ray.serving.openai_api import (
     STREAM_DONE,
     ApiError,
@@ -185,14 +184,17 @@ class CompletionServer:
         if self.engine.backlog >= self.max_queued:
             busy = ApiError(503, f"server: {self.engine.backlog} requests already queued", None, "overloaded")
             return self._error(busy, headers={"Retry-After": "1"})
+        job = self.engine.submit(parsed.request)  # no await since the backlog check: the place is taken
         cid = completion_id()
         if parsed.stream:
-            return StreamingResponse(self._sse(parsed, cid, started), media_type="text/event-stream")
+            return StreamingResponse(self._sse(parsed, job, cid, started), media_type="text/event-stream")
         try:
-            text, reason, count, batch = await asyncio.wait_for(self._collect(parsed.request, started), self.timeout)
+            text, reason, count, batch = await asyncio.wait_for(self._collect(job, started), self.timeout)
         except TimeoutError:
+            job.abandoned = True
             return self._error(ApiError(504, f"request: not finished within {self.timeout:g} s", None, "timeout"))
         except Exception:  # noqa: BLE001 - a failed decode answers JSON, like every other error
+            job.abandoned = True
             return self._error(self._failure())
         self.requests.inc(tags={"status": "200"})
         # The most requests decoded together while this one ran: lets operators (and tests) see batching happen.
@@ -225,28 +227,28 @@ class CompletionServer:
         self.errors.inc(tags={"status": str(err.status)})
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
-    async def _chunks(self, gen_request: GenerationRequest, started: float):
+    async def _chunks(self, job, started: float):
         first = True
         # aclosing: leaving early (timeout, client gone) frees the request's batch row right away
-        async with contextlib.aclosing(self.engine.generate(gen_request)) as chunks:
+        async with contextlib.aclosing(self.engine.chunks(job)) as chunks:
             async for chunk in chunks:
                 if first:
                     self.ttft.observe(time.perf_counter() - started)
                     first = False
                 yield chunk
 
-    async def _collect(self, gen_request: GenerationRequest, started: float) -> tuple[str, str, int, int]:
+    async def _collect(self, job, started: float) -> tuple[str, str, int, int]:
         pieces, reason, count, batch = [], "length", 0, 1
-        async with contextlib.aclosing(self._chunks(gen_request, started)) as chunks:
+        async with contextlib.aclosing(self._chunks(job, started)) as chunks:
             async for chunk in chunks:
                 pieces.append(chunk.text)
                 reason, count = chunk.finish_reason or reason, chunk.completion_tokens
                 batch = max(batch, chunk.batch_size)
         return "".join(pieces), reason, count, batch
 
-    async def _sse(self, parsed: ParsedCompletion, cid: str, started: float):
+    async def _sse(self, parsed: ParsedCompletion, job, cid: str, started: float):
         deadline, status, count = started + self.timeout, "200", 0
-        async with contextlib.aclosing(self._chunks(parsed.request, started)) as chunks:
+        async with contextlib.aclosing(self._chunks(job, started)) as chunks:
             while True:
                 try:  # the deadline holds while a request still queues for a batch row, too
                     chunk = await asyncio.wait_for(anext(chunks), max(0.0, deadline - time.perf_counter()))

@@ -66,13 +66,23 @@ class DecodeEngine:
         free = self.max_batch_size - len(self.running)
         return max(0, sum(not job.abandoned for job in self.waiting) - free)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        """Chunks for one request, ending with the chunk that has a finish reason. Closing the iterator early
-        (client gone, timeout) frees the request's row at the next step."""
+    def submit(self, request: GenerationRequest) -> _Job:
+        """Queue a request now (synchronously: a caller that checked `backlog` has its place before anyone else
+        can check); read its chunks with `chunks(job)`."""
         job = _Job(request, TextStream(self.tokenizer, request.stop))
         self.waiting.append(job)
         if self.loop_task is None or self.loop_task.done():
             self.loop_task = asyncio.get_running_loop().create_task(self._decode_loop())
+        return job
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Chunks for one request, ending with the chunk that has a finish reason. Closing the iterator early
+        (client gone, timeout) frees the request's row at the next step."""
+        async for chunk in self.chunks(self.submit(request)):
+            yield chunk
+
+    async def chunks(self, job: _Job) -> AsyncIterator[Chunk]:
+        """The chunks of a submitted request (see `generate`)."""
         try:
             while True:
                 chunk = await job.chunks.get()
