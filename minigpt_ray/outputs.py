@@ -40,8 +40,23 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    retired = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    retired = _retired_name(final)
     if final.exists():
         os.replace(final, retired)
     os.replace(staging, final)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_directory(final: str | Path) -> bool:
+    """Remove `final` atomically (renamed out of the way first, so no reader sees half of it); True if it existed."""
+    final = Path(final)
+    if not final.exists():
+        return False
+    retired = _retired_name(final)
+    os.replace(final, retired)
+    shutil.rmtree(retired, ignore_errors=True)
+    return True
+
+
+def _retired_name(final: Path) -> Path:
+    return final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"

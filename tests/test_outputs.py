@@ -1,6 +1,6 @@
 import pytest
 
-from minigpt_ray.outputs import atomic_directory, atomic_write_text
+from minigpt_ray.outputs import atomic_directory, atomic_write_text, remove_directory
 
 
 def test_failed_write_keeps_the_old_directory(tmp_path):
@@ -23,3 +23,11 @@ def test_replace_and_text(tmp_path):
     atomic_write_text(tmp_path / "m.json", "{}")
     assert (tmp_path / "m.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "model"]
+
+
+def test_remove_directory_leaves_nothing_behind(tmp_path):
+
+    (tmp_path / "winner").mkdir()
+    (tmp_path / "winner" / "manifest.json").write_text("{}")
+    assert remove_directory(tmp_path / "winner") and list(tmp_path.iterdir()) == []
+    assert not remove_directory(tmp_path / "winner")  # nothing to remove

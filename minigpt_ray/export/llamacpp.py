@@ -80,7 +80,6 @@ class LlamaCppModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.free_sequences = list(range(max_sequences - 1, -1, -1))
-        self.weight_bytes = llama_cpp.llama_model_size(self.model)
         self._finalizer = weakref.finalize(self, _free, llama_cpp, self.batch, self.ctx, self.model)
 
     def acquire_sequence(self) -> int:
@@ -162,7 +161,7 @@ def gguf_decode_tokens_per_s(
 
 def measure_gguf(directory: str | Path, eval_blocks: torch.Tensor, prompt: list[int], decode_tokens: int, threads: int):
     """Write `<directory>/model.gguf` for a saved candidate (the file llama.cpp will serve) and measure it there:
-    {"gguf_type", "gguf_mb", "gguf_perplexity", "gguf_decode_tokens_per_s"}. Returns {} (writing nothing) when
+    the GGUF_METRICS (batch-1 and BATCHED_ROWS-at-once decode speed). Returns {} (writing nothing) when
     llama.cpp is not installed or the model has no GGUF form (not Llama-style); why is logged."""
     import importlib.util
 

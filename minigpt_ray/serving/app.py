@@ -3,7 +3,7 @@
 Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Each replica decodes with PyTorch
 or, for a directory with a GGUF file, llama.cpp (`ServeJobConfig.runtime`). Concurrent requests on a replica are
 decoded together with continuous batching (`engine`: requests join and leave a running batch between decode
-steps). Validation lives in `openai_api`, decoding in `generation`/`decode_engine`; this module only wires
+steps). Validation lives in `openai_api`, decoding in `generation`/`llamacpp`/`engine`; this module only wires
 them to Serve and FastAPI.
 """
 
@@ -169,14 +169,6 @@ class CompletionServer:
         if (refused := self._unauthorized(request)) is not None:
             return refused
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > self.limits.max_body_bytes:
-                raise ApiError(
-                    413,
-                    f"body: {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
-                    None,
-                    "body_too_large",
-                )
             body = decode_body(await self._read_body(request), self.limits)
             parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
@@ -207,8 +199,8 @@ class CompletionServer:
         )
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, refused with 413 as soon as it passes the limit: a chunked body has no Content-Length to check
-        up front, and must not be buffered whole first."""
+        """The body, refused with 413 as soon as it passes the limit, whether or not it declared a Content-Length
+        (a chunked body has none): nothing larger than the limit is ever buffered."""
         limit, size, parts = self.limits.max_body_bytes, 0, []
         async for part in request.stream():
             size += len(part)

@@ -161,10 +161,13 @@ class BatchGenerator:
     def compact(self) -> None:
         """Drop finished rows, trim leading cache columns that every remaining row masks out, and repack a cache
         that joins have made much wider than its longest row."""
-        if all(not row.done for row in self.rows):
-            if self.mask is not None:
-                self._repack_if_wide()
-            return
+        if any(row.done for row in self.rows):
+            self._drop_finished()
+        if self.mask is not None:
+            self._repack_if_wide()
+
+    def _drop_finished(self) -> None:
+        """Cut finished rows out of the cache and trim its leading all-padding columns."""
         # prefilled rows, in list order, are the cache's batch rows 0, 1, ...
         keep = [slot for slot, row in enumerate(r for r in self.rows if r.prefilled) if not row.done]
         self.rows = [row for row in self.rows if not row.done]
@@ -183,7 +186,6 @@ class BatchGenerator:
         self.mask = self.mask[:, unused:]
         for layer in _cache_layers(self.cache):
             layer.keys, layer.values = layer.keys[index, :, unused:], layer.values[index, :, unused:]
-        self._repack_if_wide()
 
     def _repack_if_wide(self) -> None:
         """Keep the cache at most REPACK_SLACK columns wider than its longest row. A join pads every running row by

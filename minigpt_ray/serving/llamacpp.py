@@ -10,16 +10,21 @@ byte-level BPE, so llama.cpp itself would produce the same ids).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from minigpt_ray.export.llamacpp import Feed, LlamaCppModel
 from minigpt_ray.serving.generation import GenerationRequest, Row, advance_row, new_rows
 
 
+@dataclass
 class LlamaCppRow(Row):
     """A row with its llama.cpp sequence, next position and the logits its next token is chosen from."""
 
-    def __init__(self, row: Row, sequence: int):
-        super().__init__(row.request, row.generator)
-        self.sequence, self.position, self.logits = sequence, 0, None
+    sequence: int = 0
+    position: int = 0
+    logits: torch.Tensor | None = None
 
 
 class LlamaCppBatch:
@@ -35,7 +40,10 @@ class LlamaCppBatch:
 
     def add(self, requests: list[GenerationRequest]) -> None:
         """An empty batch prefills `requests` now; otherwise they are prefilled within the next `step()`."""
-        joining = [LlamaCppRow(row, self.model.acquire_sequence()) for row in new_rows(requests)]
+        joining = [
+            LlamaCppRow(row.request, row.generator, sequence=self.model.acquire_sequence())
+            for row in new_rows(requests)
+        ]
         if not self.rows:
             self._run([], joining)
         self.rows += joining
@@ -48,6 +56,7 @@ class LlamaCppBatch:
         logits = self.model.decode(feeds)
         for row, out in zip([r for r, _ in running] + joining, logits, strict=True):
             row.logits = out
+        for row, _ in running:
             row.position += 1
         for row in joining:
             row.position, row.prefilled = len(row.request.prompt_ids), True

@@ -40,7 +40,6 @@ CSV_FIELDS = [
     "gguf_perplexity",
     "gguf_ppl_ratio",
     "gguf_decode_tokens_per_s",
-    "gguf_decode_ratio",
     "gguf_batched_tokens_per_s",
     "params",
     "sparsity",
@@ -81,18 +80,18 @@ def pareto_front(rows: list[dict], objectives: list[str]) -> list[dict]:
     return sorted(unique, key=lambda r: [r[o] for o in objectives])
 
 
-SERVED_FALLBACK = {
-    "served_perplexity": "perplexity",
-    "served_mb": "size_mb",
-    "served_tokens_per_s": "decode_tokens_per_s",
-    "served_batched_tokens_per_s": "batched_tokens_per_s",
+SERVED_SOURCES = {
+    "served_perplexity": ("gguf_perplexity", "perplexity"),
+    "served_mb": ("gguf_mb", "size_mb"),
+    "served_tokens_per_s": ("gguf_decode_tokens_per_s", "decode_tokens_per_s"),
+    "served_batched_tokens_per_s": ("gguf_batched_tokens_per_s", "batched_tokens_per_s"),
 }
-"""Each served metric and the PyTorch metric it equals for a candidate served by PyTorch."""
+"""Each served metric: (its value from the GGUF in llama.cpp, its value from the PyTorch form)."""
 
 
 def served(row: dict, key: str) -> float:
     """A candidate's metric as it will be served (its GGUF in llama.cpp when it has one, else its PyTorch form)."""
-    return row.get(key, row[SERVED_FALLBACK[key]])
+    return row.get(key, row[SERVED_SOURCES[key][1]])
 
 
 def constraint_text(
@@ -101,7 +100,7 @@ def constraint_text(
     """The winner's limits, and with `prefer` which of the candidates within them wins."""
     parts = [f"served perplexity <= {max_ppl_ratio:g} x uncompressed ({baseline_ppl * max_ppl_ratio:.3f})"]
     if max_ppl:
-        parts.append(f"perplexity <= {max_ppl:g}")
+        parts.append(f"served perplexity <= {max_ppl:g}")
     if max_size_mb:
         parts.append(f"served size <= {max_size_mb:g} MB")
     choice = {None: "", "size": ", the smallest", "speed": ", the fastest"}[prefer]
@@ -158,10 +157,8 @@ def add_ratios(rows: list[dict], baseline: dict) -> None:
             if "batched_tokens_per_s" in baseline:
                 dense = baseline["batched_tokens_per_s"]
                 r["served_batched_ratio"] = served(r, "served_batched_tokens_per_s") / dense
-            if "gguf_mb" in r:  # as llama.cpp serves it, against the dense PyTorch model (what it replaces)
-                r["gguf_ppl_ratio"] = r["gguf_perplexity"] / r["perplexity"]  # against its own PyTorch form
-                r["gguf_bytes_ratio"] = r["gguf_mb"] / baseline["size_mb"]
-                r["gguf_decode_ratio"] = r["gguf_decode_tokens_per_s"] / baseline["decode_tokens_per_s"]
+            if "gguf_mb" in r:  # the GGUF's quality against the PyTorch candidate it was written from
+                r["gguf_ppl_ratio"] = r["gguf_perplexity"] / r["perplexity"]
 
 
 def rows_csv(rows: list[dict]) -> str:
@@ -255,8 +252,8 @@ def served_lines(winner: dict) -> list[str]:
     return [
         "",
         f"Served by llama.cpp as `winner/model.gguf` ({winner['gguf_type']}): {winner['gguf_mb']:.3f} MB "
-        f"({winner['gguf_bytes_ratio']:.3f}× the dense model's weights), batch-1 decode "
-        f"{winner['gguf_decode_tokens_per_s']:.0f} tokens/s ({winner['gguf_decode_ratio']:.2f}× dense PyTorch), "
+        f"({winner['served_bytes_ratio']:.3f}× the dense model's weights), batch-1 decode "
+        f"{winner['gguf_decode_tokens_per_s']:.0f} tokens/s ({winner['served_decode_ratio']:.2f}× dense PyTorch), "
         f"8 requests together {winner['gguf_batched_tokens_per_s']:.0f} tokens/s "
         f"({winner.get('served_batched_ratio', float('nan')):.2f}× dense PyTorch batched), "
         f"perplexity {winner['gguf_perplexity']:.3f} ({winner['gguf_ppl_ratio']:.4f}× its PyTorch form).",

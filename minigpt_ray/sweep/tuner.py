@@ -24,8 +24,9 @@ from minigpt_ray.export.llamacpp import GGUF_METRICS, measure_gguf
 from minigpt_ray.faults import trial_fault
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.tokenizer import load_tokenizer
-from minigpt_ray.outputs import atomic_directory, atomic_write_text
+from minigpt_ray.outputs import atomic_directory, atomic_write_text, remove_directory
 from minigpt_ray.sweep.pareto import (
+    SERVED_SOURCES,
     NoWinnerError,
     add_ratios,
     choose_winner,
@@ -36,13 +37,6 @@ from minigpt_ray.sweep.pareto import (
 from minigpt_ray.sweep.prepare import SweepInputs, load_base_model, prepare_sweep
 
 SPEC_FIELDS = [f.name for f in fields(CandidateSpec)]
-SERVED_SOURCES = {
-    "served_perplexity": ("gguf_perplexity", "perplexity"),
-    "served_mb": ("gguf_mb", "size_mb"),
-    "served_tokens_per_s": ("gguf_decode_tokens_per_s", "decode_tokens_per_s"),
-    "served_batched_tokens_per_s": ("gguf_batched_tokens_per_s", "batched_tokens_per_s"),
-}
-"""Each served metric: (from the GGUF in llama.cpp, from the PyTorch form)."""
 SERVED_METRICS = ("served_runtime", *SERVED_SOURCES)
 log = get_logger()
 
@@ -174,17 +168,6 @@ def _baseline_row(inputs: SweepInputs, output: Path, cfg: SweepJobConfig) -> dic
     }
 
 
-def _retire_winner(output: Path) -> None:
-    """A sweep without a winner removes the previous one (renamed away first, so no reader sees half of it):
-    serving must never pick up a winner this sweep did not choose."""
-    winner = output / "winner"
-    if winner.exists():
-        retired = output / f".winner.retired-{time.time_ns()}"
-        winner.rename(retired)
-        shutil.rmtree(retired, ignore_errors=True)
-        log.info("no winner: removed the previous %s", winner)
-
-
 def _install_winner(winner: dict, output: Path, constraint: str) -> Path:
     """Copy the winning artifact to <output>/winner atomically, with why it won in its manifest."""
     target = output / "winner"
@@ -228,7 +211,8 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
         winner = choose_winner(rows, baseline["perplexity"], w.max_ppl_ratio, w.max_ppl, w.max_size_mb, w.prefer)
     except NoWinnerError:
         write_reports(output, rows, front, baseline, None, constraint, objectives)
-        _retire_winner(output)
+        if remove_directory(output / "winner"):  # serving must never pick up a winner this sweep did not choose
+            log.info("no winner: removed the previous %s", output / "winner")
         raise
     _install_winner(winner, output, constraint)
     write_reports(output, rows, front, baseline, winner, constraint, objectives)
