@@ -5,6 +5,8 @@ every normal run, so no production function takes a test-only argument.
                                                   records that it happened, so the restarted group runs on)
   MINIGPT_RAY_FAULT=fail-trial:method=structured,quant=none   sweep trials whose settings match raise
   MINIGPT_RAY_FAULT=nan-at-step:5                  training diverges: after step 5 a weight (every rank) is NaN
+  MINIGPT_RAY_FAULT=hang-prompt:HANG               a served completion whose prompt is HANG never answers (the
+                                                  replica hangs past the app's own timeout; the ingress cuts it)
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def nan_step() -> int | None:
     """The training step after which the workers' weights are made NaN (a divergence), or None."""
     spec = _fault_spec("nan-at-step")
     return int(spec) if spec is not None else None
+
+
+async def hang_if_injected(prompt) -> None:
+    """Hang (an hour) on the prompt named by the hang-prompt fault; return at once otherwise."""
+    if prompt is not None and prompt == _fault_spec("hang-prompt"):
+        import asyncio
+
+        await asyncio.sleep(3600)
 
 
 def trial_fault() -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,12 @@ class LimitsConfig:
     """Largest request body (larger → HTTP 413)."""
     request_timeout_s: float = 60.0
     """A non-streaming request running longer gets HTTP 504; a stream is ended with an error event."""
+    ingress_timeout_s: int = 0
+    """Backstop for a replica that stops answering (hung, not crashed): Serve's HTTP `request_timeout_s` (HTTP 408,
+    plain text) and HAProxy's server inactivity timeout (HTTP 504). 0: request_timeout_s + 30 s."""
+
+    def resolved_ingress_timeout_s(self) -> int:
+        return self.ingress_timeout_s or math.ceil(self.request_timeout_s) + 30
 
 
 @dataclass
@@ -210,3 +217,9 @@ def validate_serve(cfg: ServeJobConfig) -> None:
     )
     require(lim.max_body_bytes >= 1024, "limits.max_body_bytes", "must be >= 1024", lim.max_body_bytes)
     require(lim.request_timeout_s > 0, "limits.request_timeout_s", "must be > 0", lim.request_timeout_s)
+    require(
+        lim.ingress_timeout_s == 0 or lim.ingress_timeout_s > lim.request_timeout_s,
+        "limits.ingress_timeout_s",
+        "must be 0 (auto) or longer than limits.request_timeout_s",
+        lim.ingress_timeout_s,
+    )

@@ -28,6 +28,7 @@ from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import ServeJobConfig, from_dict
 from minigpt_ray.config.serve import GGUF_FILE, serving_runtime
 from minigpt_ray.export.llamacpp import LlamaCppModel
+from minigpt_ray.faults import hang_if_injected
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
@@ -173,6 +174,7 @@ class CompletionServer:
             parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
             return self._error(err)
+        await hang_if_injected(body.get("prompt"))
         if self.engine.backlog >= self.max_queued:
             busy = ApiError(503, f"server: {self.engine.backlog} requests already queued", None, "overloaded")
             return self._error(busy, headers={"Retry-After": "1"})
@@ -302,6 +304,9 @@ def deploy(cfg: ServeJobConfig) -> str:
     Serve is not already up) and (re)deploy the app. Returns the base URL once the app is running."""
     from minigpt_ray.cluster import connect_ray
 
+    backstop = cfg.limits.resolved_ingress_timeout_s()
+    # An embedded Ray's Serve controller inherits this environment and configures HAProxy from it.
+    os.environ.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S", str(backstop))
     connect_ray(cfg.ray_address)
     if (
         cfg.host in ("127.0.0.1", "localhost")
@@ -312,7 +317,7 @@ def deploy(cfg: ServeJobConfig) -> str:
             "warning: HAProxy ingress binds replicas to `host` too; replicas on other nodes are unreachable "
             "at 127.0.0.1 — serve with --host 0.0.0.0 inside a private network"
         )
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": backstop})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 

@@ -34,7 +34,12 @@ def resolve_use_gpu(setting: str) -> bool:
 
 
 def check_resources(train, use_gpu: bool) -> None:
-    """Fail before any worker starts when the workers cannot all be placed on the cluster as it is now."""
+    """Fail before any worker starts when the workers cannot all be placed on the cluster as it is now, or when the
+    precision needs GPUs that `use_gpu: auto` did not find."""
+    if train.precision == "fp16" and not use_gpu:
+        raise ConfigError(
+            f"train.precision: fp16 needs GPU workers and use_gpu={train.use_gpu} runs on CPU here (use bf16-mixed)"
+        )
     if not train.check_resources:
         return
     total = ray.cluster_resources()

@@ -129,3 +129,25 @@ def test_a_relative_output_is_refused_when_joining_a_cluster(monkeypatch):
     for cls in (TrainJobConfig, SweepJobConfig):
         with pytest.raises(ConfigError, match=r"^output: must be an absolute path on storage every node shares"):
             cls(output="runs/relative").validate()
+
+
+def test_an_unwritable_output_is_refused_before_anything_starts(tmp_path):
+    """Run without root's power to write anywhere (CAP_DAC_OVERRIDE dropped, util-linux's setpriv): the CLI stops
+    with one line and exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    cmd = [sys.executable, "-m", "minigpt_ray.cli", "finetune", "--output", str(locked / "run")]
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, done.stderr[-2000:]
+    assert err[0].startswith("error: output: is not writable") and str(locked) in err[0], err
+    assert not (locked / "run").exists()

@@ -48,9 +48,22 @@ def test_help_explains_each_required_flag(capsys):
         assert flag in text
 
 
-def test_embedded_run_serves_until_ctrl_c(tiny_zh_model, tmp_path, spawns_ray):
+def wait_until_healthy(proc, port: int, log_file, deadline: float) -> None:
+    while True:
+        assert proc.poll() is None, log_file.read_text()[-3000:]
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or the app still starting
+            pass
+        assert time.time() < deadline, log_file.read_text()[-3000:]
+        time.sleep(1)
+
+
+def test_embedded_run_serves_until_ctrl_c_and_the_ingress_cuts_a_hung_request(tiny_zh_model, tmp_path, spawns_ray):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_SERVE_HAPROXY")}
+    env["MINIGPT_RAY_FAULT"] = "hang-prompt:HANG"  # that prompt hangs its replica past the app's own timeout
     with open(tmp_path / "serve.log", "w") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [
@@ -62,6 +75,10 @@ def test_embedded_run_serves_until_ctrl_c(tiny_zh_model, tmp_path, spawns_ray):
                 str(port),
                 "--cpus-per-replica",
                 "1",
+                "--request-timeout-s",
+                "2",
+                "--ingress-timeout-s",
+                "4",
             ],
             cwd=REPO,
             env=env,
@@ -71,19 +88,19 @@ def test_embedded_run_serves_until_ctrl_c(tiny_zh_model, tmp_path, spawns_ray):
         )
     try:
         deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or the app still starting
-                pass
-            assert time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+        wait_until_healthy(proc, port, tmp_path / "serve.log", deadline)
         reply = requests.post(
             f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "中国", "max_tokens": 4}, timeout=60
         )
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+        sent = time.time()
+        hung = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "HANG"}, timeout=60)
+        # Cut by Serve's request timeout (408) or HAProxy's server timeout (504), not left hanging.
+        assert hung.status_code in (408, 504) and 3.5 < time.time() - sent < 30, (hung.status_code, hung.text)
+        again = requests.post(
+            f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "中国", "max_tokens": 4}, timeout=60
+        )
+        assert again.status_code == 200  # the replica still serves other requests
         while "] serving " not in (tmp_path / "serve.log").read_text():
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.5)

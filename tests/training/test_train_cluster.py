@@ -146,6 +146,14 @@ def test_more_workers_than_cluster_fails_before_start(ray_cluster, tmp_path):
     assert not output.exists()
 
 
+def test_fp16_on_cpu_workers_after_auto_fails_before_start(ray_cluster, tmp_path):
+    output = tmp_path / "fp16"
+    cfg = tiny_run_config(output, precision="fp16", use_gpu="auto")  # valid until auto resolves on the cluster
+    with pytest.raises(ConfigError, match=r"^train.precision: fp16 needs GPU workers and use_gpu=auto runs on CPU"):
+        run_training(cfg)
+    assert not output.exists()
+
+
 def test_a_diverged_run_publishes_nothing_and_is_not_retried(ray_cluster, tmp_path, monkeypatch, capsys):
     from minigpt_ray import cli
 
