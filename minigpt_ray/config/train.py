@@ -106,6 +106,10 @@ class TrainConfig:
     runs), later steps fuse the elementwise work that bf16 does not speed up. Evaluation and export stay eager."""
     check_resources: bool = True
     """Fail before starting if the cluster cannot place all workers now (turn off on autoscaling clusters)."""
+    placement_strategy: str = "PACK"
+    """How Ray places the workers' bundles: PACK (as few nodes as possible: cheapest communication), SPREAD (across
+    nodes when it can: one node's loss costs fewer workers), STRICT_PACK or STRICT_SPREAD (one node / one worker per
+    node, or wait until the cluster has them)."""
 
 
 @dataclass
@@ -137,6 +141,7 @@ class TrainJobConfig:
 
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def validate_corpus(d: CorpusConfig) -> None:
@@ -192,6 +197,12 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(t.eval_batches >= 0, "train.eval_batches", "must be >= 0", t.eval_batches)
     require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     require(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
+    require(
+        t.placement_strategy in PLACEMENT_STRATEGIES,
+        "train.placement_strategy",
+        f"must be one of {', '.join(PLACEMENT_STRATEGIES)}",
+        t.placement_strategy,
+    )
     require(t.bucket_size >= 100_000, "train.bucket_size", "must be >= 100000", t.bucket_size)
     require(
         not (t.compile and t.zero_stage == 3),

@@ -139,6 +139,7 @@ class CompletionServer:
             "device": str(self.device),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "ingress": ingress_mode(),
+            "node_id": ray.get_runtime_context().get_node_id(),  # which node's replica answered
         }
         if broken is not None:  # the last decode step failed as a whole: load balancers should look elsewhere
             return JSONResponse(status | {"error": f"decode step failed: {type(broken).__name__}"}, status_code=503)

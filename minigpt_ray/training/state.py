@@ -20,6 +20,8 @@ class TrainerState:
     """[step, mean training loss since the previous progress line]."""
     resumed_from: list[int] = field(default_factory=list)
     """Steps of the checkpoints this run resumed from."""
+    placements: list[list[str]] = field(default_factory=list)
+    """For each start of the worker group (the first, then each restart): the Ray node id of every rank."""
     last_train_loss: float | None = None
     tensor_bytes: int | None = None
     """Live tensor bytes on this worker at the last step's high-water mark (weights, gradients, optimizer states)."""

@@ -50,6 +50,13 @@ def check_resources(train, use_gpu: bool) -> None:
             f"{need_cpu:g} CPUs, the cluster has {total.get('CPU', 0):g} (or lower "
             "train.cpus_per_worker; set train.check_resources=false on an autoscaling cluster)"
         )
+    if train.placement_strategy == "STRICT_SPREAD":
+        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= train.cpus_per_worker]
+        if len(nodes) < train.num_workers:
+            raise ConfigError(
+                f"train.placement_strategy: STRICT_SPREAD needs {train.num_workers} nodes with "
+                f"{train.cpus_per_worker:g} CPU each, the cluster has {len(nodes)}"
+            )
     if use_gpu and train.num_workers > total.get("GPU", 0):
         raise ConfigError(
             f"train.num_workers: {train.num_workers} GPU workers need {train.num_workers} GPUs, the "
@@ -77,7 +84,10 @@ def build_trainer(prepared: PreparedRun, use_gpu: bool) -> TorchTrainer:
         train_loop_config=prepared.worker_config(train.num_workers),
         torch_config=TorchConfig(),  # backend chosen by device: nccl on GPU workers, gloo on CPU
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=train.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=train.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run_name(cfg),
@@ -166,6 +176,8 @@ def summarize(prepared: PreparedRun, state: TrainerState, use_gpu: bool, wall_se
         "steady_tokens_per_s": state.steady_tokens_per_s,
         "steady_data_wait_fraction": state.steady_data_wait_fraction,  # rank 0's share of step time
         "num_workers": train.num_workers,
+        "resumed_from": state.resumed_from,
+        "placements": state.placements,  # each (re)start of the workers: the node id of every rank
         "use_gpu": use_gpu,
         "zero_stage": train.zero_stage,
         "partitioned_at_construction": state.partitioned_at_construction,

@@ -80,6 +80,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         model=model, model_parameters=param_groups(model, config.train.weight_decay), config=config.deepspeed
     )
     state = _resume(engine, rank)
+    _record_placement(state, rank, world)
     # Recorded for metrics.json: how the model and optimizer were really built.
     state.partitioned_at_construction, state.fused_loss, state.compiled = partitioned, fused, config.train.compile
     state.fused_optimizer = bool(engine.basic_optimizer.defaults.get("fused"))
@@ -123,6 +124,12 @@ def _resume(engine, rank: int) -> TrainerState:
     state.resumed_from.append(state.step)
     wu.log(rank, f"resumed from checkpoint at step {state.step} ({state.tokens:,} tokens seen)")
     return state
+
+
+def _record_placement(state: TrainerState, rank: int, world: int) -> None:
+    """Which node each rank runs on, for this start of the worker group (metrics.json: placements)."""
+    state.placements.append(wu.gather_strings(ray.get_runtime_context().get_node_id(), world))
+    wu.log(rank, f"workers on {len(set(state.placements[-1]))} node(s)")
 
 
 def build_training_model(config: WorkerConfig, device: torch.device) -> tuple[torch.nn.Module, bool]:

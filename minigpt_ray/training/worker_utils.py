@@ -166,6 +166,13 @@ def gather_floats(values: list[float], device: torch.device, world: int) -> list
     return [g.tolist() for g in gathered]
 
 
+def gather_strings(value: str, world: int) -> list[str]:
+    """Every rank's `value`, by rank."""
+    values: list[str | None] = [None] * world
+    dist.all_gather_object(values, value)
+    return [str(v) for v in values]
+
+
 def measure_matmul_flops(dtype: torch.dtype, device: torch.device, seconds: float = 0.5, size: int = 1024) -> float:
     """Sustained FLOP/s of a square matmul on this worker's threads (the MFU denominator on CPU)."""
     a = torch.randn(size, size, device=device).to(dtype)

@@ -34,6 +34,7 @@ def test_defaults_validate():
         (["--txt-split", "sentence"], "data.txt_split"),
         (["--output", "s3://bucket/run"], "output"),
         (["--compile", "true", "--zero-stage", "3"], "train.compile"),
+        (["--placement-strategy", "spread"], "train.placement_strategy"),
     ],
 )
 def test_invalid_values_name_the_field(argv, field):
