@@ -146,11 +146,18 @@ def test_more_workers_than_cluster_fails_before_start(ray_cluster, tmp_path):
     assert not output.exists()
 
 
-def test_fp16_on_cpu_workers_after_auto_fails_before_start(ray_cluster, tmp_path):
-    output = tmp_path / "fp16"
-    cfg = tiny_run_config(output, precision="fp16", use_gpu="auto")  # valid until auto resolves on the cluster
-    with pytest.raises(ConfigError, match=r"^train.precision: fp16 needs GPU workers and use_gpu=auto runs on CPU"):
-        run_training(cfg)
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        # valid until use_gpu=auto resolves on the cluster
+        ({"precision": "fp16", "use_gpu": "auto"}, r"^train.precision: fp16 needs GPU workers and use_gpu=auto runs"),
+        ({"placement_strategy": "STRICT_SPREAD"}, r"^train.placement_strategy: STRICT_SPREAD needs 2 nodes with 1 CPU"),
+    ],
+)
+def test_settings_the_cluster_cannot_honour_fail_before_start(ray_cluster, tmp_path, settings, error):
+    output = tmp_path / "run"
+    with pytest.raises(ConfigError, match=error):
+        run_training(tiny_run_config(output, **settings))
     assert not output.exists()
 
 
