@@ -31,8 +31,8 @@ def tiny_llama_config(vocab_size: int, **extra):
     """A 2-layer Llama-style config whose widths (64, 128) suit int4 groups of 32 and N:M patterns."""
     from transformers import LlamaConfig
 
-    widths = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-    return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=64, tie_word_embeddings=True, **widths, **extra)
+    settings = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128) | extra
+    return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=64, tie_word_embeddings=True, **settings)
 
 
 def train_tiny_model(texts: list[str], directory: Path, vocab_size: int = 512, steps: int = 150) -> dict:

@@ -6,13 +6,14 @@ from minigpt_ray.config.compress import CandidateError, CandidateSpec
 from minigpt_ray.config.export import ExportJobConfig
 from minigpt_ray.config.serve import ServeJobConfig
 from minigpt_ray.config.sweep import SweepJobConfig
-from minigpt_ray.config.train import CorpusConfig, ModelConfig, TrainConfig, TrainJobConfig
+from minigpt_ray.config.train import CorpusConfig, DistillConfig, ModelConfig, TrainConfig, TrainJobConfig
 
 __all__ = [
     "CandidateError",
     "CandidateSpec",
     "ConfigError",
     "CorpusConfig",
+    "DistillConfig",
     "ExportJobConfig",
     "ModelConfig",
     "ServeJobConfig",

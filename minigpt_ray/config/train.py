@@ -113,6 +113,27 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation: the model being trained (the student) learns the teacher's output distribution."""
+
+    teacher: str = ""
+    """Teacher model directory (a trained HF causal LM with its tokenizer, e.g. a fine-tuned model/), frozen; ''
+    = no distillation. The student trains on its tokenizer: a preset student takes it, an HF student must share it."""
+    alpha: float = 0.5
+    """Weight of the soft term: loss = alpha·T²·KL(teacher‖student at temperature T) + (1−alpha)·CE(labels).
+    0 trains the same student on the labels alone, without running the teacher (the twin to compare with)."""
+    temperature: float = 2.0
+    """Softmax temperature T of the soft term (> 1 shows the student more of the teacher's ranking of tokens)."""
+    student_layers: int = 0
+    """> 0: the student is the teacher's architecture with this many layers (model.name is then not used)."""
+    student_hidden_size: int = 0
+    """With student_layers: the student's width (0 = the teacher's; a multiple of its head size)."""
+    init_from_teacher: bool = True
+    """A derived student of the teacher's width starts from the teacher's embeddings, norms and evenly spaced
+    layers (every other layer at half depth, as DistilBERT and DistilGPT2 did); otherwise from random weights."""
+
+
+@dataclass
 class TrainJobConfig:
     """Settings of one training job (`minigpt finetune`): pretraining a preset or fine-tuning an HF model."""
 
@@ -132,8 +153,15 @@ class TrainJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
-    ALIASES: ClassVar[dict[str, str]] = {"name": "model", "sources": "data"}  # short flags users type most
+    # Short flags users type most, and the distillation flags under the names other tools use.
+    ALIASES: ClassVar[dict[str, str]] = {
+        "name": "model",
+        "sources": "data",
+        "alpha": "distill_alpha",
+        "temperature": "distill_temperature",
+    }
 
     def validate(self) -> TrainJobConfig:
         validate_train_job(self)
@@ -197,12 +225,9 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(t.eval_batches >= 0, "train.eval_batches", "must be >= 0", t.eval_batches)
     require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
     require(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
-    require(
-        t.placement_strategy in PLACEMENT_STRATEGIES,
-        "train.placement_strategy",
-        f"must be one of {', '.join(PLACEMENT_STRATEGIES)}",
-        t.placement_strategy,
-    )
+    strategies = ", ".join(PLACEMENT_STRATEGIES)
+    require(t.placement_strategy in PLACEMENT_STRATEGIES, "train.placement_strategy", f"must be one of {strategies}",
+            t.placement_strategy)  # fmt: skip
     require(t.bucket_size >= 100_000, "train.bucket_size", "must be >= 100000", t.bucket_size)
     require(
         not (t.compile and t.zero_stage == 3),
@@ -214,3 +239,21 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     require(cfg.sample_tokens >= 1, "sample_tokens", "must be >= 1", cfg.sample_tokens)
     if t.precision == "fp16" and t.use_gpu == "false":
         raise ConfigError("train.precision: fp16 needs GPU workers (use bf16 on CPU), got 'fp16'")
+    validate_distill(cfg.distill)
+
+
+def validate_distill(d: DistillConfig) -> None:
+    require(0 <= d.alpha <= 1, "distill.alpha", "must be in [0, 1]", d.alpha)
+    require(math.isfinite(d.temperature) and d.temperature > 0, "distill.temperature", "must be > 0", d.temperature)
+    require(d.student_layers >= 0, "distill.student_layers", "must be >= 0", d.student_layers)
+    require(d.student_hidden_size >= 0, "distill.student_hidden_size", "must be >= 0", d.student_hidden_size)
+    if not d.teacher:
+        for key in ("student_layers", "student_hidden_size"):
+            value = getattr(d, key)
+            require(not value, f"distill.{key}", "needs distill.teacher (the model to derive the student from)", value)
+    require(
+        d.student_layers or not d.student_hidden_size,
+        "distill.student_hidden_size",
+        "needs distill.student_layers (the depth of the derived student)",
+        d.student_hidden_size,
+    )

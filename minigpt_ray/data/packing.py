@@ -39,6 +39,13 @@ def tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenized["ids"]
 
 
+def shuffled_blocks(blocks: np.ndarray, seed: int) -> np.ndarray:
+    """The blocks in a seeded random order. Packing keeps document order (one play, one newspaper day after
+    another), and each worker streams its shard with only a local shuffle buffer, so without this a short run
+    would train on a few neighbouring documents at a time instead of the whole corpus."""
+    return blocks[np.random.default_rng(seed).permutation(len(blocks))]
+
+
 def pack_blocks(token_lists: list[list[int]], block_size: int) -> np.ndarray:
     """Concatenate EOS-terminated documents and cut into [n, block_size] (the ragged tail is dropped)."""
     if not token_lists:

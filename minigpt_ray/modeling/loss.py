@@ -91,16 +91,18 @@ def fused_causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torc
     )
 
 
-def use_training_loss(model: nn.Module, fused: bool, compile: bool) -> None:
+def use_training_loss(model: nn.Module, fused: bool, compile: bool, teacher=None) -> None:
     """Route `model(input_ids=..., labels=...)` (what the DeepSpeed engine calls in training) through the fused loss
-    and/or torch.compile; calls without labels (evaluation, generation) keep the model's own eager forward.
+    and/or torch.compile, and through the distillation loss when `teacher` = (teacher model, alpha, temperature) is
+    given; calls without labels (evaluation, generation) keep the model's own eager forward.
 
     The forward is replaced on this instance only, as accelerate does for autocast: the module tree, state dict keys
     and DeepSpeed checkpoints stay exactly the HF model's. fused needs an architecture in FUSED_LOSS_MODEL_TYPES and
     no ZeRO-3 (whose hooks gather a parameter only inside its own module's forward; the caller checks that)."""
-    if fused and not supports_fused_loss(model):
-        raise ValueError(f"fused loss does not support model type {model.config.model_type!r}")
-    if not (fused or compile):
+    for checked in (model, teacher[0]) if teacher else (model,):
+        if fused and not supports_fused_loss(checked):
+            raise ValueError(f"fused loss does not support model type {checked.config.model_type!r}")
+    if not (fused or compile or teacher):
         return
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -111,8 +113,23 @@ def use_training_loss(model: nn.Module, fused: bool, compile: bool) -> None:
     def forward(input_ids=None, labels=None, **kwargs):
         if labels is None or kwargs:
             return eager_forward(input_ids=input_ids, labels=labels, **kwargs)
+        if teacher:
+            return CausalLMOutputWithPast(loss=_distill_loss(model, teacher, input_ids, labels, fused, training_call))
         if fused:
             return CausalLMOutputWithPast(loss=fused_causal_lm_loss(model, input_ids, labels, decoder=training_call))
         return training_call(input_ids=input_ids, labels=labels, use_cache=False)
 
     model.forward = forward
+
+
+def _distill_loss(model, teacher, input_ids, labels, fused: bool, training_call):
+    """The distillation loss: chunked (fused), else from both models' full logits."""
+    from minigpt_ray.modeling.distill import chunked_distill_loss, distill_loss_from_logits
+
+    teacher_model, alpha, temperature = teacher
+    if fused:
+        return chunked_distill_loss(model, teacher_model, input_ids, labels, alpha, temperature, training_call)
+    with torch.no_grad():
+        teacher_logits = teacher_model(input_ids=input_ids, use_cache=False).logits
+    logits = training_call(input_ids=input_ids, use_cache=False).logits
+    return distill_loss_from_logits(logits, teacher_logits, labels, alpha, temperature)

@@ -21,8 +21,11 @@ def run_fingerprint(prepared) -> dict:
     cfg, t = prepared.cfg, prepared.cfg.train
     vocab = json.dumps(sorted(prepared.tokenizer.get_vocab().items()), ensure_ascii=False)
     config = prepared.model_config.to_dict()
-    return {
-        "model": cfg.model.name,
+    distill = cfg.distill
+    settings = [prepared.teacher.location, distill.alpha, distill.temperature, distill.init_from_teacher]
+    teacher = {"distill": settings} if prepared.teacher else {}
+    return teacher | {
+        "model": prepared.source.name,
         "architecture": {k: v for k, v in sorted(config.items()) if not k.startswith("_") and k not in _VOLATILE},
         "tokenizer": hashlib.sha256(vocab.encode()).hexdigest()[:16],
         "data": {"sources": list(cfg.data.sources), "stats": prepared.data.stats},

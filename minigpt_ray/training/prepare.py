@@ -11,8 +11,9 @@ from transformers import PretrainedConfig
 
 from minigpt_ray.config import ConfigError, TrainConfig, TrainJobConfig
 from minigpt_ray.data.corpora import load_documents, split_documents
-from minigpt_ray.data.packing import PackedData, pack_splits
+from minigpt_ray.data.packing import PackedData, pack_splits, shuffled_blocks
 from minigpt_ray.faults import WorkerFault, nan_step
+from minigpt_ray.modeling.distill import DistillSpec, derive_student_config
 from minigpt_ray.modeling.model import ModelBuildSpec, preset_config, preset_vocab_size
 from minigpt_ray.modeling.source import ModelSource, resolve_model
 from minigpt_ray.modeling.tokenizer import load_tokenizer, sample_texts, train_bpe
@@ -42,6 +43,8 @@ class WorkerConfig:
     """Injected failure for the fault-tolerance tests (from $MINIGPT_RAY_FAULT; None in normal runs)."""
     nan_step: int | None = None
     """Injected divergence: weights are NaN after this step (from $MINIGPT_RAY_FAULT; None in normal runs)."""
+    distill: DistillSpec | None = None
+    """The frozen teacher each worker runs beside the student, or None (no teacher, or alpha 0: labels only)."""
 
     @property
     def zero_stage(self) -> int:
@@ -55,10 +58,19 @@ class PreparedRun:
     tokenizer: object
     model_config: PretrainedConfig
     data: PackedData
+    teacher: ModelSource | None = None
+    """The distillation teacher, resolved (None without one)."""
+
+    @property
+    def derived_student(self) -> bool:
+        """The student is derived from the teacher (distill.student_layers): written to `student_dir` at start."""
+        return bool(self.teacher and self.cfg.distill.student_layers)
 
     def worker_config(self, world_size: int) -> WorkerConfig:
-        train = self.cfg.train
+        train, distill = self.cfg.train, self.cfg.distill
+        spec = DistillSpec(self.teacher.location, distill.alpha, distill.temperature) if self.teacher else None
         return WorkerConfig(
+            distill=spec if distill.alpha > 0 else None,
             model=self.source.build_spec(self.model_config, self.cfg.model.gradient_checkpointing, train.seed),
             train=train,
             deepspeed=build_deepspeed_config(train, world_size),
@@ -76,13 +88,23 @@ def saved_tokenizer_dir(output: str) -> Path:
     return Path(output) / "tokenizer"
 
 
+def student_dir(output: str) -> Path:
+    """Where a student derived from its teacher (distill.student_layers) is written before the workers start."""
+    return Path(output).resolve() / "student_init"
+
+
 def prepare_run(cfg: TrainJobConfig) -> PreparedRun:
-    # The model is resolved first: a wrong name fails in a second, before the corpus is read.
-    source = resolve_model(cfg.model.name)
-    source.check_block_size(cfg.data.block_size)
+    # Models are resolved first: a wrong name fails in a second, before the corpus is read.
+    teacher = resolve_model(cfg.distill.teacher, "distill.teacher", presets=False) if cfg.distill.teacher else None
+    source = _student_source(cfg, teacher) if teacher else resolve_model(cfg.model.name)
+    for model in (source, teacher):
+        if model is not None:
+            model.check_block_size(cfg.data.block_size)
     documents = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
     train_docs, val_docs = split_documents(documents, cfg.data.val_fraction)
-    if source.is_preset:
+    if teacher is not None:
+        tokenizer, model_config = _distill_student(source, teacher, cfg.data.block_size)
+    elif source.is_preset:
         tokenizer = _preset_tokenizer(cfg, [d.text for d in train_docs])
         model_config = preset_config(source.name, len(tokenizer), cfg.data.block_size, tokenizer.eos_token_id)
     else:
@@ -93,7 +115,43 @@ def prepare_run(cfg: TrainJobConfig) -> PreparedRun:
                 f"model's vocab_size {model_config.vocab_size}"
             )
     data = pack_splits(cfg.data, tokenizer, train_docs, val_docs)
-    return PreparedRun(cfg=cfg, source=source, tokenizer=tokenizer, model_config=model_config, data=data)
+    data.train = shuffled_blocks(data.train, cfg.train.seed)
+    return PreparedRun(
+        cfg=cfg, source=source, tokenizer=tokenizer, model_config=model_config, data=data, teacher=teacher
+    )
+
+
+def _student_source(cfg: TrainJobConfig, teacher: ModelSource) -> ModelSource:
+    """The student of a distillation: model.name, or the teacher's architecture at distill.student_layers."""
+    d = cfg.distill
+    if not d.student_layers:
+        return resolve_model(cfg.model.name)
+    try:
+        config = derive_student_config(teacher.config, d.student_layers, d.student_hidden_size)
+    except (ValueError, AttributeError) as err:
+        raise ConfigError(f"distill.student_hidden_size: {err}") from None
+    name = f"{teacher.name} at {d.student_layers} layers" + (
+        f", width {d.student_hidden_size}" if d.student_hidden_size else ""
+    )
+    return ModelSource(name=name, location=str(student_dir(cfg.output)), config=config, field="distill.student_layers")
+
+
+def _distill_student(source: ModelSource, teacher: ModelSource, block_size: int):
+    """(tokenizer, student config) of a distillation: the teacher's tokenizer, which the student must share, since
+    the loss compares their outputs token by token."""
+    tokenizer = teacher.tokenizer()
+    vocab = teacher.config.vocab_size
+    if source.is_preset:
+        return tokenizer, preset_config(source.name, vocab, block_size, tokenizer.eos_token_id)
+    if source.field != "distill.student_layers":
+        mine = source.tokenizer()
+        if source.config.vocab_size != vocab or mine.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(
+                f"distill.teacher: {teacher.name} has another vocabulary than the student {source.name} "
+                f"({vocab} vs {source.config.vocab_size} logits, {len(tokenizer)} vs {len(mine)} tokens); "
+                "distillation compares their outputs token by token"
+            )
+    return tokenizer, source.config
 
 
 def _preset_tokenizer(cfg: TrainJobConfig, train_texts: list[str]):

@@ -16,11 +16,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from minigpt_ray.cluster import connect_ray
 from minigpt_ray.config import ConfigError, TrainJobConfig, to_yaml
 from minigpt_ray.logs import get_logger
+from minigpt_ray.modeling.distill import build_student
 from minigpt_ray.modeling.model import count_parameters, sample_text
 from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
-from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir
+from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir, student_dir
 from minigpt_ray.training.state import TrainerState
 from minigpt_ray.training.worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
@@ -105,6 +106,19 @@ class TrainingDiverged(RuntimeError):
     """The run stopped on NaN/inf loss or weights; no model was published (an earlier model/ is untouched)."""
 
 
+def write_derived_student(prepared: PreparedRun) -> None:
+    """The student derived from the teacher (distill.student_layers), as an HF directory the workers load."""
+    cfg = prepared.cfg
+    student, layers = build_student(
+        prepared.teacher.location, prepared.model_config, cfg.distill.init_from_teacher, cfg.train.seed
+    )
+    with atomic_directory(student_dir(cfg.output)) as staging:
+        student.save_pretrained(staging)
+        save_tokenizer(prepared.tokenizer, staging)
+    start = f"the teacher's layers {layers} and embeddings" if layers else "random weights"
+    log.info("student: %s, %s parameters, from %s", prepared.source.name, f"{count_parameters(student):,}", start)
+
+
 def run_training(cfg: TrainJobConfig) -> dict:
     """Run (or resume) training; returns the metrics also written to `<output>/metrics.json`."""
     started = time.time()
@@ -118,6 +132,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
             save_tokenizer(prepared.tokenizer, staging)
     # Before any worker starts: checkpoints of another run (model, data, layout) must not be resumed.
     check_or_record(Path(storage_path(cfg.output)) / run_name(cfg), run_fingerprint(prepared), cfg.output)
+    if prepared.derived_student and not student_dir(cfg.output).is_dir():
+        write_derived_student(prepared)
     diverged = Path(cfg.output) / DIVERGENCE_FILE
     diverged.unlink(missing_ok=True)  # a record of an earlier run, not of this one
     result = build_trainer(prepared, use_gpu).fit()

@@ -16,6 +16,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from minigpt_ray.modeling.distill import load_teacher
 from minigpt_ray.modeling.evaluate import loss_and_perplexity, nll_sums
 from minigpt_ray.modeling.loss import supports_fused_loss, use_training_loss
 from minigpt_ray.modeling.model import attention_for, build_model, count_parameters, flops_per_token
@@ -74,7 +75,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         f"{world} worker(s), device {device}, backend {dist.get_backend()}, {config.train.precision}, "
         f"ZeRO-{config.zero_stage}{' (partitioned at construction: zero.Init)' if partitioned else ''}, "
         f"{n_params:,} params, {'fused chunked' if fused else 'model'} loss"
-        f"{', compiled' if config.train.compile else ''}",
+        f"{', compiled' if config.train.compile else ''}{wu.distill_note(config.distill)}",
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, config.train.weight_decay), config=config.deepspeed
@@ -137,11 +138,23 @@ def build_training_model(config: WorkerConfig, device: torch.device) -> tuple[to
     loss installed. Returns (model, whether the fused chunked loss is on). Needs deepspeed.init_distributed first.
     bench/train_throughput.py runs it in its no-Ray DeepSpeed baseline, so both train the same model code."""
     model = _build_model(config, device)
+    teacher = _teacher(config, device)
     # ZeRO-3 gathers a parameter only inside its own module's forward, so the fused loss (which reads the output
     # embedding's weight directly) is for stages 0-2; config validation keeps compile off ZeRO-3 too.
     fused = config.train.fused_loss and config.zero_stage < 3 and supports_fused_loss(model)
-    use_training_loss(model, fused=fused, compile=config.train.compile)
+    fused = fused and (teacher is None or supports_fused_loss(teacher[0]))
+    use_training_loss(model, fused=fused, compile=config.train.compile, teacher=teacher)
     return model, fused
+
+
+def _teacher(config: WorkerConfig, device: torch.device):
+    """(frozen teacher, alpha, temperature) for a distillation, else None. Built outside ZeRO-3's partitioning:
+    every worker holds the whole teacher, which DeepSpeed never sees (no optimizer state, no gradients)."""
+    if config.distill is None:
+        return None
+    bf16 = config.train.precision in ("bf16", "bf16-mixed") and (device.type == "cpu" or torch.cuda.is_bf16_supported())
+    teacher = load_teacher(config.distill, device, bf16, attention_for(device.type))
+    return teacher, config.distill.alpha, config.distill.temperature
 
 
 def _build_model(config: WorkerConfig, device: torch.device):

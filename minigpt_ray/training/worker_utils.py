@@ -166,6 +166,13 @@ def gather_floats(values: list[float], device: torch.device, world: int) -> list
     return [g.tolist() for g in gathered]
 
 
+def distill_note(spec) -> str:
+    """How the progress log names a distillation (a DistillSpec, or None)."""
+    if spec is None:
+        return ""
+    return f", distilling {Path(spec.teacher).name or spec.teacher} (alpha {spec.alpha:g}, T {spec.temperature:g})"
+
+
 def gather_strings(value: str, world: int) -> list[str]:
     """Every rank's `value`, by rank."""
     values: list[str | None] = [None] * world
