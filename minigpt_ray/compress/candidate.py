@@ -23,6 +23,7 @@ from minigpt_ray.compress.artifact import (
     read_manifest,
     save_candidate,
 )
+from minigpt_ray.compress.distill import StudentTraining, new_student, train_student
 from minigpt_ray.compress.layers import in_features, target_layers
 from minigpt_ray.compress.prune import apply_masks, prune_unstructured, sparsity_of
 from minigpt_ray.compress.quantize import quantize_model
@@ -96,10 +97,19 @@ def build_candidate(
     train_blocks: torch.Tensor,
     recovery_lr: float = 3e-4,
     seed: int = 0,
+    students: StudentTraining | None = None,
 ):
-    """A compressed copy of `base_model` (left untouched): (model, artifact format, details)."""
-    model = copy.deepcopy(base_model).eval()
+    """A compressed copy of `base_model` (left untouched), or of a student distilled from it: (model, artifact
+    format, details)."""
     details: dict = {}
+    if spec.student_layers:
+        model, layers = new_student(base_model, spec, seed)
+        check_fits_model(spec, model)
+        losses = train_student(model, base_model, train_blocks, spec.distill_steps, students or StudentTraining(), seed)
+        details["student"] = {"init_from_layers": layers, "distill_losses": losses[:: max(1, len(losses) // 50)]}
+    else:
+        model = copy.deepcopy(base_model).eval()
+    details["layer_names"] = list(target_layers(model))  # before quantization replaces the linear layers
     masks = None
     if spec.method == "structured":
         details["structured"] = prune_structured(model, spec.sparsity, calib_blocks)
@@ -179,22 +189,26 @@ def make_candidate(
     recovery_lr: float = 3e-4,
     decode_tokens: int = 32,
     seed: int = 0,
+    students: StudentTraining | None = None,
 ) -> dict:
     """Build, save and measure one candidate; returns its metrics (also stored in its manifest)."""
     spec = spec.normalized()
-    check_fits_model(spec, base_model)
+    if not spec.student_layers:  # a student's own widths are checked once it is built
+        check_fits_model(spec, base_model)
     started = time.perf_counter()
-    layer_names = list(target_layers(base_model))
-    model, fmt, details = build_candidate(base_model, spec, data.calib_blocks, data.train_blocks, recovery_lr, seed)
+    model, fmt, details = build_candidate(
+        base_model, spec, data.calib_blocks, data.train_blocks, recovery_lr, seed, students
+    )
     manifest = {
         "candidate": asdict(spec),
         "label": spec.label(),
         "sparsity": details["sparsity"],
         "structured": details.get("structured"),
         "recovery_losses": details.get("recovery_losses"),
+        "student": details.get("student"),
     }
     save_candidate(model, tokenizer, directory, fmt, manifest)
-    metrics = measure(directory, data.eval_blocks, data.prompt_ids, layer_names, decode_tokens)
+    metrics = measure(directory, data.eval_blocks, data.prompt_ids, details["layer_names"], decode_tokens)
     metrics |= {
         "sparsity": details["sparsity"],
         "format": fmt,

@@ -38,6 +38,13 @@ class CandidateSpec:
     """int4 group size (32, 64, 128, 256)."""
     recovery_steps: int = 0
     """Fine-tune steps after pruning, re-applying the mask after every step (0 = none)."""
+    student_layers: int = 0
+    """> 0: first distil the model into a student of this many layers (its own architecture otherwise), which is
+    then pruned and quantized as above; 0 = compress the model itself."""
+    student_hidden_size: int = 0
+    """The student's width (0 = the model's: the student then starts from the model's evenly spaced layers)."""
+    distill_steps: int = 0
+    """Distillation steps of the student."""
 
     def normalized(self) -> CandidateSpec:
         """Validate, and zero the settings that do not apply, so equal candidates compare equal."""
@@ -45,6 +52,15 @@ class CandidateSpec:
         _check(self.quant in QUANT_METHODS, "quant", f"must be one of {', '.join(QUANT_METHODS)}", self.quant)
         _check(0.0 <= self.sparsity < 1.0, "sparsity", "must be in [0, 1)", self.sparsity)
         _check(self.recovery_steps >= 0, "recovery_steps", "must be >= 0", self.recovery_steps)
+        _check(self.student_layers >= 0, "student_layers", "must be >= 0", self.student_layers)
+        _check(self.student_hidden_size >= 0, "student_hidden_size", "must be >= 0", self.student_hidden_size)
+        _check(self.distill_steps >= 0, "distill_steps", "must be >= 0", self.distill_steps)
+        _check(
+            not self.student_layers or self.distill_steps >= 1,
+            "distill_steps",
+            "a student needs at least 1 distillation step",
+            self.distill_steps,
+        )
         try:
             nm = parse_pattern(self.pattern)
         except ValueError:
@@ -66,10 +82,15 @@ class CandidateSpec:
             spec["sparsity"] = 1 - nm[0] / nm[1]
         if self.quant != "int4-weight":
             spec["group_size"] = 0
+        if not self.student_layers:
+            spec.update(student_hidden_size=0, distill_steps=0)
         return CandidateSpec(**spec)
 
     def label(self) -> str:
         parts = []
+        if self.student_layers:
+            width = f"x{self.student_hidden_size}" if self.student_hidden_size else ""
+            parts.append(f"distill {self.student_layers}L{width} {self.distill_steps} steps")
         if self.method != "none":
             shape = self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%}"
             parts.append(f"{self.method} {shape}" + (f" +{self.recovery_steps} rec" if self.recovery_steps else ""))

@@ -65,6 +65,19 @@ class SearchConfig:
     """Recovery fine-tune steps after pruning to search (0 = none)."""
     recovery_lr: float = 3e-4
     """Learning rate of the recovery fine-tune."""
+    student_layers: list[int] = field(default_factory=lambda: [0])
+    """Distilled students to search: 0 = compress the model itself; N = first distil it into a student of N layers
+    (trained in the trial on the sweep's text), which is then pruned and quantized like the model."""
+    student_hidden_sizes: list[int] = field(default_factory=lambda: [0])
+    """Student widths to search (0 = the model's, which lets the student start from its layers)."""
+    distill_steps: list[int] = field(default_factory=lambda: [200])
+    """Distillation steps of a student to search (each >= 1)."""
+    distill_alpha: float = 0.5
+    """Weight of the teacher's soft targets in a student's loss (the rest: the labels)."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the soft targets."""
+    distill_lr: float = 1e-3
+    """Learning rate of a student's distillation."""
     objectives: list[str] = field(default_factory=lambda: ["served_perplexity", "served_mb", "served_tokens_per_s"])
     """What the search minimizes/maximizes, as served (served_perplexity, served_mb, served_tokens_per_s: the GGUF
     in llama.cpp when the candidate has one) or in PyTorch (perplexity, size_mb, decode_tokens_per_s)."""
@@ -123,6 +136,9 @@ def search_choices(search: SearchConfig) -> dict[str, list]:
         "quant": search.quants,
         "group_size": search.group_sizes,
         "recovery_steps": search.recovery_steps,
+        "student_layers": search.student_layers,
+        "student_hidden_size": search.student_hidden_sizes,
+        "distill_steps": search.distill_steps,
     }
 
 
@@ -140,6 +156,11 @@ def validate_sweep(cfg: SweepJobConfig) -> None:
     require(s.algorithm in ("optuna", "grid"), "search.algorithm", "must be optuna or grid", s.algorithm)
     require(s.num_samples >= 1, "search.num_samples", "must be >= 1", s.num_samples)
     require(s.recovery_lr > 0, "search.recovery_lr", "must be > 0", s.recovery_lr)
+    require(0 <= s.distill_alpha <= 1, "search.distill_alpha", "must be in [0, 1]", s.distill_alpha)
+    require(s.distill_temperature > 0, "search.distill_temperature", "must be > 0", s.distill_temperature)
+    require(s.distill_lr > 0, "search.distill_lr", "must be > 0", s.distill_lr)
+    if any(s.student_layers):
+        require(min(s.distill_steps or [0]) >= 1, "search.distill_steps", "must each be >= 1", s.distill_steps)
     require(s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1", s.max_concurrent)
     require(s.cpus_per_trial > 0, "search.cpus_per_trial", "must be > 0", s.cpus_per_trial)
     require(
@@ -168,6 +189,9 @@ SPACE_FIELDS = {
     "quant": "quants",
     "group_size": "group_sizes",
     "recovery_steps": "recovery_steps",
+    "student_layers": "student_layers",
+    "student_hidden_size": "student_hidden_sizes",
+    "distill_steps": "distill_steps",
 }
 
 
@@ -179,7 +203,8 @@ def _validate_space(search: SearchConfig) -> None:
             continue
         require(len(values) > 0, name, "empty search space (give at least one value)", values)
         for value in values:
-            probe = {"group_size": 32, key: value} | ({"quant": "int4-weight"} if key == "group_size" else {})
+            probe = {"group_size": 32, "distill_steps": 1, key: value}
+            probe |= {"quant": "int4-weight"} if key == "group_size" else {}
             try:
                 CandidateSpec(**probe).normalized()
             except CandidateError as err:

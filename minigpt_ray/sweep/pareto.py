@@ -50,6 +50,9 @@ CSV_FIELDS = [
     "quant",
     "group_size",
     "recovery_steps",
+    "student_layers",
+    "student_hidden_size",
+    "distill_steps",
     "error",
 ]
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from minigpt_ray.compress.candidate import CalibrationData, check_fits_model
+from minigpt_ray.compress.distill import new_student
 from minigpt_ray.config import CandidateError, CandidateSpec, ConfigError, SweepJobConfig
-from minigpt_ray.config.sweep import search_choices
+from minigpt_ray.config.sweep import SPACE_FIELDS, search_choices
 from minigpt_ray.data.corpora import load_documents, split_documents
 from minigpt_ray.data.packing import pack_blocks, tokenize_texts
 from minigpt_ray.modeling.source import ModelSource, resolve_model
@@ -85,12 +86,23 @@ def prepare_sweep(cfg: SweepJobConfig) -> SweepInputs:
         prompt_ids=eval_blocks[:1, :PROMPT_TOKENS],
     )
     base = load_base_model(source.location)
-    for spec in specs:  # every pattern / group size against the model's layer widths, before any trial
+    _check_specs_fit(specs, base)
+    return SweepInputs(source=source, tokenizer=tokenizer, base=base, data=data, specs=specs)
+
+
+def _check_specs_fit(specs: list[CandidateSpec], base) -> None:
+    """Every pattern / group size against the layer widths of the model, or of the student it applies to, and
+    every student shape against the model, before any trial."""
+    students: dict = {}
+    for spec in specs:
         try:
-            check_fits_model(spec, base)
+            model = base
+            if spec.student_layers:
+                shape = (spec.student_layers, spec.student_hidden_size)
+                if shape not in students:
+                    students[shape] = new_student(base, spec, seed=0)[0]
+                model = students[shape]
+            check_fits_model(spec, model)
         except CandidateError as err:
             field, message = str(err).split(": ", 1)
-            raise ConfigError(
-                f"search.{ {'pattern': 'patterns', 'group_size': 'group_sizes'}.get(field, field) }: {message}"
-            ) from None
-    return SweepInputs(source=source, tokenizer=tokenizer, base=base, data=data, specs=specs)
+            raise ConfigError(f"search.{SPACE_FIELDS.get(field, field)}: {message}") from None

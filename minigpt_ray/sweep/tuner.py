@@ -11,13 +11,14 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from minigpt_ray.compress.artifact import MANIFEST, read_manifest
 from minigpt_ray.compress.candidate import CalibrationData, make_candidate
+from minigpt_ray.compress.distill import StudentTraining
 from minigpt_ray.config import CandidateError, CandidateSpec, SweepJobConfig
 from minigpt_ray.config.sweep import OBJECTIVE_MODES, search_choices
 from minigpt_ray.export.llamacpp import GGUF_METRICS, measure_gguf
@@ -51,6 +52,8 @@ class TrialSettings:
     decode_tokens: int
     seed: int
     threads: int
+    students: StudentTraining = field(default_factory=StudentTraining)
+    """How distilled students are trained (the sweep's distill_* settings)."""
     fail_when: dict | None = None
     """Injected failure: trials whose settings match raise (from $MINIGPT_RAY_FAULT; None in normal runs)."""
 
@@ -68,7 +71,15 @@ def sweep_trial(config: dict, data: CalibrationData, settings: TrialSettings) ->
     with tempfile.TemporaryDirectory() as tmp:
         artifact = Path(tmp) / "candidate"
         metrics = make_candidate(
-            base, tokenizer, spec, artifact, data, settings.recovery_lr, settings.decode_tokens, settings.seed
+            base,
+            tokenizer,
+            spec,
+            artifact,
+            data,
+            settings.recovery_lr,
+            settings.decode_tokens,
+            settings.seed,
+            settings.students,
         )
         metrics |= _measure_served_form(artifact, metrics, data, settings.decode_tokens, settings.threads)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(artifact)))
@@ -125,6 +136,9 @@ def _row(result) -> dict:
         "quant": spec.quant,
         "group_size": spec.group_size,
         "recovery_steps": spec.recovery_steps,
+        "student_layers": spec.student_layers,
+        "student_hidden_size": spec.student_hidden_size,
+        "distill_steps": spec.distill_steps,
     }
     if result.error is not None or not result.metrics or "perplexity" not in result.metrics:
         error = str(result.error).strip().splitlines()[-1] if result.error else "no metrics reported"
@@ -240,6 +254,7 @@ def _tuner(cfg: SweepJobConfig, inputs: SweepInputs, output: Path):
         decode_tokens=cfg.measure.decode_tokens,
         seed=s.seed,
         threads=max(1, int(s.cpus_per_trial)),
+        students=StudentTraining(s.distill_alpha, s.distill_temperature, s.distill_lr),
         fail_when=trial_fault(),
     )
     trainable = tune.with_resources(

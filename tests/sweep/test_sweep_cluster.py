@@ -120,3 +120,30 @@ def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):
         run_sweep(cfg)
     assert (tmp_path / "none" / "pareto.json").is_file()
     assert not stale.exists() and not list((tmp_path / "none").glob(".winner*"))  # never served again
+
+
+def test_a_distilled_student_enters_the_front_with_its_real_numbers(tiny_trained, tmp_path):
+    cfg = sweep_config(
+        tiny_trained["dir"],
+        tmp_path / "kd",
+        algorithm="grid",
+        methods=["none"],
+        quants=["none", "int8-weight"],
+        student_layers=[1],
+        distill_steps=[30],
+        distill_lr=3e-3,
+    )
+    cfg.winner.max_ppl_ratio = 100.0  # any candidate may win: the test is about the student's numbers
+    result = run_sweep(cfg)
+    assert [r["student_layers"] for r in read_rows(tmp_path / "kd")] == ["", "1", "1"]  # baseline, students
+    students = sorted((r for r in result["rows"] if r["trial"] != "baseline"), key=lambda r: r["label"])
+    assert [r["label"] for r in students] == ["distill 1L 30 steps", "distill 1L 30 steps + int8-weight"]
+    assert all(r["status"] == "ok" and r["distill_steps"] == 30 for r in students)
+    baseline = result["baseline"]
+    for row in students:
+        assert row["params"] < baseline["params"] and row["served_mb"] < baseline["served_mb"]
+        assert row["served_runtime"] == "llama.cpp" and float(row["served_tokens_per_s"]) > 0
+        model, _, manifest = load_candidate(row["artifact"])
+        assert model.config.num_hidden_layers == 1 and manifest["student"]["init_from_layers"] == [0]
+    check_front(tmp_path / "kd", SERVED)
+    assert load_candidate(tmp_path / "kd" / "winner")[0].config.num_hidden_layers == 1
