@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from minigpt_ray.outputs import atomic_write_text
-from minigpt_ray.sweep.pareto import served, served_lines
+from minigpt_ray.sweep.pareto import best_student, served, served_lines
 
 
 def plot_losses(metrics: dict, title: str, path: Path) -> None:
@@ -85,6 +85,38 @@ def _sweep_section(pareto: dict) -> list[str]:
     return lines
 
 
+def _student_section(pareto: dict) -> list[str]:
+    """The fine-tuned model (the teacher) against the best student distilled from it, both as served."""
+    student = best_student(pareto["trials"])
+    if student is None:
+        return []
+    teacher = pareto["baseline"]
+    lines = [
+        "### Distilled student",
+        "",
+        f"The best student the sweep distilled from the fine-tuned model: **{student['label']}**.",
+        "",
+        "| model | params | served MB | served perplexity | served decode tok/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in (("teacher (fine-tuned)", teacher), ("student", student)):
+        lines.append(
+            f"| {name} | {row['params']:,} | {served(row, 'served_mb'):.3f} | "
+            f"{served(row, 'served_perplexity'):.3f} | {served(row, 'served_tokens_per_s'):.0f} |"
+        )
+    ratios = (
+        student["params"] / teacher["params"],
+        served(student, "served_perplexity") / served(teacher, "served_perplexity"),
+        served(student, "served_tokens_per_s") / served(teacher, "served_tokens_per_s"),
+    )
+    return lines + [
+        "",
+        f"Student / teacher: {ratios[0]:.2f}× the parameters, {ratios[1]:.3f}× the perplexity, {ratios[2]:.2f}× the "
+        "decode speed.",
+        "",
+    ]
+
+
 def _endpoint_section(url: str, model_name: str, prompt: str) -> list[str]:
     body = json.dumps({"model": model_name, "prompt": prompt, "max_tokens": 32, "temperature": 0}, ensure_ascii=False)
     return [
@@ -132,7 +164,8 @@ def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], 
         staged = report / ".pareto.png.tmp"
         shutil.copyfile(output / "sweep" / "pareto.png", staged)
         staged.replace(report / "pareto.png")
-        lines += _sweep_section(json.loads(pareto_file.read_text(encoding="utf-8")))
+        pareto = json.loads(pareto_file.read_text(encoding="utf-8"))
+        lines += _sweep_section(pareto) + _student_section(pareto)
     if samples:
         lines += [
             "## Samples (seeded top-k 40, temperature 0.8)",

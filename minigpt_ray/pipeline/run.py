@@ -214,12 +214,23 @@ def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
     for label, directory in (
         ("base (pretrained)", plan.output / "pretrain" / "model"),
         ("fine-tuned", plan.output / "finetune" / "model"),
+        ("distilled student", _student_dir(plan.output / "sweep" / "pareto.json")),
         ("winner (compressed)", plan.output / "sweep" / "winner"),
     ):
-        if (directory / "config.json").is_file():
+        if directory is not None and (directory / "config.json").is_file():
             model, tokenizer = load_model_dir(directory)
             samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
     return samples
+
+
+def _student_dir(pareto_file: Path) -> Path | None:
+    """The artifact of the sweep's best distilled student (in Tune's results), if it trained one."""
+    from minigpt_ray.sweep.pareto import best_student
+
+    if not pareto_file.is_file():
+        return None
+    student = best_student(json.loads(pareto_file.read_text(encoding="utf-8"))["trials"])
+    return Path(student["artifact"]) if student else None
 
 
 def write_pipeline_report(plan: PipelinePlan, state: dict, endpoint: dict | None) -> Path:

@@ -97,6 +97,12 @@ def served(row: dict, key: str) -> float:
     return row.get(key, row[SERVED_SOURCES[key][1]])
 
 
+def best_student(rows: list[dict]) -> dict | None:
+    """The distilled student with the lowest served perplexity, or None when the sweep trained none."""
+    students = [r for r in rows if r.get("status") == "ok" and r.get("student_layers")]
+    return min(students, key=lambda r: served(r, "served_perplexity"), default=None)
+
+
 def constraint_text(
     baseline_ppl: float, max_ppl_ratio: float, max_ppl: float, max_size_mb: float, prefer: str | None = None
 ) -> str:

@@ -21,9 +21,9 @@ def run_fingerprint(prepared) -> dict:
     cfg, t = prepared.cfg, prepared.cfg.train
     vocab = json.dumps(sorted(prepared.tokenizer.get_vocab().items()), ensure_ascii=False)
     config = prepared.model_config.to_dict()
-    distill = cfg.distill
-    settings = [prepared.teacher.location, distill.alpha, distill.temperature, distill.init_from_teacher]
-    teacher = {"distill": settings} if prepared.teacher else {}
+    d, teacher = cfg.distill, {}
+    if prepared.teacher:
+        teacher = {"distill": [prepared.teacher.location, d.alpha, d.temperature, d.init_from_teacher]}
     return teacher | {
         "model": prepared.source.name,
         "architecture": {k: v for k, v in sorted(config.items()) if not k.startswith("_") and k not in _VOLATILE},

@@ -46,10 +46,10 @@ def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
             "measure": {"eval_blocks": 8, "calib_blocks": 4, "decode_tokens": 4},
             "search": {
                 "algorithm": "grid",
-                "methods": ["none", "magnitude"],
-                "sparsities": [0.5],
-                "patterns": ["unstructured"],
+                "methods": ["none"],
                 "quants": ["none", "int8-weight"],
+                "student_layers": [0, 2],  # and students of half the fine-tuned model's depth
+                "distill_steps": [10],
             },
         },
         "serve": {"port": port, "app_name": "pipeline", "scaling": {"max_replicas": 1, "cpus_per_replica": 0.5}},
@@ -87,6 +87,9 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):
         url = state["stages"]["serve"]["url"]
         assert f"curl {url}/v1/completions" in report and "from openai import OpenAI" in report
         assert "| winner (compressed) | ROMEO: |" in report
+        student = min((r for r in pareto["trials"] if r.get("student_layers")), key=lambda r: r["served_perplexity"])
+        assert f"The best student the sweep distilled from the fine-tuned model: **{student['label']}**" in report
+        assert f"| student | {student['params']:,} |" in report and "| distilled student | ROMEO: |" in report
         reply = requests.post(f"{url}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 4}, timeout=60)
         assert reply.status_code == 200
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(values))
