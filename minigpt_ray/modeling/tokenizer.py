@@ -12,6 +12,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""ChatML-style turns for the presets' tokenizers, each ended by EOS (one token: a reply stops where the model emits
+it). The role markers are plain text, so the vocabulary is the same as without a template."""
 
 
 def sample_texts(texts: list[str], max_chars: int, seed: int) -> list[str]:
@@ -41,13 +49,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    trained = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
         pad_token=EOS_TOKEN,
         clean_up_tokenization_spaces=False,
     )
+    trained.chat_template = CHAT_TEMPLATE  # saved with it; /v1/chat/completions renders messages through it
+    return trained
 
 
 def load_tokenizer(model_dir_or_id: str) -> PreTrainedTokenizerBase:

@@ -32,18 +32,9 @@ from minigpt_ray.faults import hang_if_injected
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
+from minigpt_ray.serving.chat import CHAT, COMPLETION, ReplyShape, parse_chat
 from minigpt_ray.serving.engine import DecodeEngine
-from minigpt_ray.serving.openai_api import (
-    STREAM_DONE,
-    ApiError,
-    ParsedCompletion,
-    completion_body,
-    completion_id,
-    decode_body,
-    parse_completion,
-    stream_event,
-    usage_event,
-)
+from minigpt_ray.serving.openai_api import STREAM_DONE, ApiError, ParsedCompletion, decode_body, parse_completion
 
 log = get_logger()
 
@@ -167,12 +158,20 @@ class CompletionServer:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
+        return await self._answer(request, parse_completion, COMPLETION)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._answer(request, parse_chat, CHAT)
+
+    async def _answer(self, request: Request, parse, shape: ReplyShape):
+        """One completion or chat request: parse, queue for a batch row, answer whole or streamed."""
         started = time.perf_counter()
         if (refused := self._unauthorized(request)) is not None:
             return refused
         try:
             body = decode_body(await self._read_body(request), self.limits)
-            parsed = parse_completion(body, self.tokenizer, self.limits, self.name, self.context_window)
+            parsed = parse(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
             return self._error(err)
         await hang_if_injected(body.get("prompt"))
@@ -180,9 +179,9 @@ class CompletionServer:
             busy = ApiError(503, f"server: {self.engine.backlog} requests already queued", None, "overloaded")
             return self._error(busy, headers={"Retry-After": "1"})
         job = self.engine.submit(parsed.request)  # no await since the backlog check: the place is taken
-        cid = completion_id()
+        cid = shape.new_id()
         if parsed.stream:
-            return StreamingResponse(self._sse(parsed, job, cid, started), media_type="text/event-stream")
+            return StreamingResponse(self._sse(parsed, job, cid, started, shape), media_type="text/event-stream")
         try:
             text, reason, count, batch = await asyncio.wait_for(self._collect(job, started), self.timeout)
         except TimeoutError:
@@ -194,7 +193,7 @@ class CompletionServer:
         self.requests.inc(tags={"status": "200"})
         # The most requests decoded together while this one ran: lets operators (and tests) see batching happen.
         return JSONResponse(
-            completion_body(cid, self.name, text, reason, parsed.prompt_tokens, count),
+            shape.body(cid, self.name, text, reason, parsed.prompt_tokens, count),
             headers={
                 "x-minigpt-batch-size": str(batch),
                 "x-minigpt-server-ms": f"{1000 * (time.perf_counter() - started):.1f}",
@@ -241,8 +240,10 @@ class CompletionServer:
                 batch = max(batch, chunk.batch_size)
         return "".join(pieces), reason, count, batch
 
-    async def _sse(self, parsed: ParsedCompletion, job, cid: str, started: float):
+    async def _sse(self, parsed: ParsedCompletion, job, cid: str, started: float, shape: ReplyShape):
         deadline, status, count = started + self.timeout, "200", 0
+        if shape.opening_event:
+            yield shape.opening_event(cid, self.name)
         async with contextlib.aclosing(self._chunks(job, started)) as chunks:
             while True:
                 try:  # the deadline holds while a request still queues for a batch row, too
@@ -262,10 +263,10 @@ class CompletionServer:
                     break
                 count = chunk.completion_tokens
                 if chunk.text or chunk.finish_reason:
-                    yield stream_event(cid, self.name, chunk.text, chunk.finish_reason)
+                    yield shape.text_event(cid, self.name, chunk.text, chunk.finish_reason)
         self.requests.inc(tags={"status": status})
         if parsed.include_usage and status == "200":
-            yield usage_event(cid, self.name, parsed.prompt_tokens, count)
+            yield shape.usage_event(cid, self.name, parsed.prompt_tokens, count)
         yield STREAM_DONE
 
 
