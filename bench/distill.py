@@ -1,16 +1,18 @@
 """Knowledge distillation against training the same student on the labels alone, measured in one run.
 
-  .venv/bin/python bench/distill.py [--teacher DIR] [--teacher-steps 400] [--steps 200] [--shapes 1x0,2x128]
+  .venv/bin/python bench/distill.py [--teacher DIR | --teacher-model gpt-micro --teacher-steps 400] [--steps 200]
+                                    [--shapes 1x0,2x128]
 
-A teacher is trained by the project (`gpt-micro` with a 4k vocabulary on zh-news + zh-reviews, Ray Train +
-DeepSpeed ZeRO-2, bf16-mixed) unless `--teacher` names one. For each student shape (layers x width; width 0 = the
-teacher's, which starts the student from the teacher's evenly spaced layers) two Ray Train runs of the same student
-follow on the same data with the same seed and steps: distillation (alpha 0.5, temperature 2) and its label-only
-twin (alpha 0). Reported per shape: parameters against the teacher, held-out perplexity of both (the whole
-validation split), wall and training seconds, the step-time ratio (distillation / twin: the teacher's forward is the
-extra cost) and batch-1 greedy decode speed of student and teacher, in PyTorch and in llama.cpp (f16 GGUF).
-Targets: a student of <= 0.5x the teacher's parameters reaches >= 10% lower perplexity than its twin, decodes
->= 1.6x faster than the teacher, and a distillation step costs <= 1.5x the twin's.
+A teacher is trained by the project (a preset with a 4k vocabulary on zh-news + zh-reviews, Ray Train + DeepSpeed
+ZeRO-2, bf16-mixed, for twice the students' steps) unless `--teacher` names one. For each student shape (layers x
+width; width 0 = the teacher's, which starts the student from the teacher's evenly spaced layers) two Ray Train runs
+of the same student follow on the same data with the same seed and steps: distillation (alpha 0.5, temperature 2)
+and its label-only twin (alpha 0). Reported per shape: parameters against the teacher, held-out perplexity of both
+(the whole validation split), wall and training seconds, the step-time ratio (distillation / twin: the teacher's
+forward is the extra cost) and batch-1 greedy decode speed of student and teacher, in PyTorch and in llama.cpp (f16
+GGUF).
+Targets: a student of <= 0.5x the teacher's parameters reaches >= 10% lower perplexity than its twin, decodes >=
+1.6x faster than the teacher, and a distillation step costs <= 1.5x the twin's.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def base_config(output: Path, steps: int) -> TrainJobConfig:
     return cfg
 
 
-def train_teacher(work: Path, steps: int) -> Path:
+def train_teacher(work: Path, preset: str, steps: int) -> Path:
     cfg = base_config(work / "teacher", steps)
-    cfg.model.name, cfg.model.vocab_size, cfg.model.tokenizer_train_chars = "gpt-micro", 4096, 1_000_000
+    cfg.model.name, cfg.model.vocab_size, cfg.model.tokenizer_train_chars = preset, 4096, 1_000_000
     cfg.train.lr = 3e-3
     run_training(cfg.validate())
     return work / "teacher" / "model"
@@ -119,14 +121,15 @@ def report(teacher: dict, shape: tuple[int, int], kd: dict, twin: dict, speeds: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="", help="a trained teacher directory (default: train gpt-micro)")
+    parser.add_argument("--teacher", default="", help="a trained teacher directory (default: train one)")
+    parser.add_argument("--teacher-model", default="gpt-micro", help="preset of the teacher trained here")
     parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=200, help="training steps of every student run")
     parser.add_argument("--shapes", default="1x0,2x128", help="student shapes, layers x width (0 = teacher's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="minigpt-distill-"))
-    teacher_dir = Path(args.teacher) if args.teacher else train_teacher(work, args.teacher_steps)
+    teacher_dir = Path(args.teacher) if args.teacher else train_teacher(work, args.teacher_model, args.teacher_steps)
     teacher = decode_speeds(teacher_dir, work, args.threads)
     teacher["ppl"] = teacher_perplexity(teacher_dir, work, args.steps)
     for shape in parse_shapes(args.shapes):

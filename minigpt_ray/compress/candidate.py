@@ -148,9 +148,14 @@ def decode_tokens_per_s(
 
 
 def count_params(model) -> int:
-    """Parameters of the architecture (quantized layers count their weights' elements, not bytes)."""
+    """Parameters of the architecture (quantized layers count their weights' elements, not bytes; tied weights,
+    such as an input embedding shared with the LM head, once)."""
+    every_name = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    tied = every_name - {name for name, _ in model.named_parameters()}  # second names of a shared parameter
     total = 0
     for name, tensor in model.state_dict().items():
+        if name in tied:
+            continue
         if name.endswith(".packed"):
             total += tensor.numel() * 2
         elif not name.endswith((".scale", ".offset")):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt_ray.modeling.loss import CHUNK_ELEMENTS, IGNORE_INDEX
+from minigpt_ray.modeling.loss import CHUNK_ELEMENTS, IGNORE_INDEX, keep_for_backward, scaled_grads
 
 
 def distill_loss_from_logits(
@@ -63,17 +63,12 @@ class ChunkedDistillLoss(torch.autograd.Function):
                 grad_logits = grad_logits.div_(denominator).to(compute_dtype)
                 grad_hidden[rows] = grad_logits @ w
                 grad_weight += grad_logits.t() @ h[rows]
-        if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+        keep_for_backward(ctx, need_grad, grad_hidden, grad_weight, hidden, weight)
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.dtypes
-        grads = (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype)
-        return *grads, None, None, None, None, None
+        return *scaled_grads(ctx, grad_loss), None, None, None, None, None
 
 
 def _chunk_loss_and_grad(logits, teacher_log_soft, targets, alpha: float, temperature: float):

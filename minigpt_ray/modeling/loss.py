@@ -53,16 +53,26 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_logits = grad_logits.to(compute_dtype)
                 grad_hidden[start : start + chunk_rows] = grad_logits @ w
                 grad_weight += grad_logits.t() @ h_chunk
-        if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+        keep_for_backward(ctx, need_grad, grad_hidden, grad_weight, hidden, weight)
         return total / denominator
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.dtypes
-        return (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype), None, None, None
+        return *scaled_grads(ctx, grad_loss), None, None, None
+
+
+def keep_for_backward(ctx, need_grad: bool, grad_hidden, grad_weight, hidden, weight) -> None:
+    """What a chunked loss's forward leaves its backward: the gradients it computed and the inputs' dtypes."""
+    if need_grad:
+        ctx.save_for_backward(grad_hidden, grad_weight)
+    ctx.dtypes = (hidden.dtype, weight.dtype)
+
+
+def scaled_grads(ctx, grad_loss) -> tuple:
+    """The (hidden, weight) gradients a chunked forward computed, scaled by the loss's incoming gradient."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    hidden_dtype, weight_dtype = ctx.dtypes
+    return (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype)
 
 
 def supports_fused_loss(model: nn.Module) -> bool:
