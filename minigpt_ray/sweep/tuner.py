@@ -110,9 +110,18 @@ def _search_setup(cfg: SweepJobConfig, specs: list[CandidateSpec]):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    space = {key: tune.choice(values or [0]) for key, values in search_choices(s).items()}
+    choices = search_choices(s)
+    space = {key: tune.choice(values or [0]) for key, values in choices.items()}
     sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 3)))
-    searcher = OptunaSearch(metric=list(s.objectives), mode=[OBJECTIVE_MODES[o] for o in s.objectives], sampler=sampler)
+    # A student costs more than a pruned copy and might never be drawn in a short search: the first trial is one.
+    students = [layers for layers in s.student_layers if layers]
+    first = [{k: (v or [0])[0] for k, v in choices.items()} | {"student_layers": students[0]}] if students else None
+    searcher = OptunaSearch(
+        metric=list(s.objectives),
+        mode=[OBJECTIVE_MODES[o] for o in s.objectives],
+        sampler=sampler,
+        points_to_evaluate=first,
+    )
     return space, searcher, s.num_samples
 
 

@@ -15,7 +15,8 @@ class TrainerState:
     train_seconds: float = 0.0
     """Seconds inside training steps (evaluation and checkpoints excluded)."""
     history: list[dict] = field(default_factory=list)
-    """One record per evaluation: step, tokens, val_loss, val_ppl, train_loss, tokens_per_s, mfu, train_seconds."""
+    """One record per evaluation: step, tokens, val_loss, val_ppl, val_tokens, train_loss, tokens_per_s, mfu,
+    train_seconds."""
     train_curve: list[list[float]] = field(default_factory=list)
     """[step, mean training loss since the previous progress line]."""
     resumed_from: list[int] = field(default_factory=list)

@@ -180,9 +180,11 @@ def _train_steps(loop: LoopContext) -> None:
         t0, data_seconds = time.perf_counter(), 0.0
         for micro in range(train.grad_accum_steps):
             t_data = time.perf_counter()
-            input_ids = next(batches).to(loop.device)
+            batch = next(batches).to(loop.device)
             data_seconds += time.perf_counter() - t_data  # waiting on this worker's Ray Data shard
-            loss = engine(input_ids=input_ids, labels=input_ids).loss
+            # Chat data carries its labels (untrained tokens masked); plain text is its own label.
+            input_ids, labels = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, batch)
+            loss = engine(input_ids=input_ids, labels=labels).loss
             engine.backward(loss)
             if state.step + 1 == train.max_steps and micro + 1 == train.grad_accum_steps:
                 # Model-state high-water mark (weights + full gradients + optimizer states): what ZeRO shards.
@@ -258,6 +260,7 @@ def _evaluate_and_record(loop: LoopContext) -> None:
             "tokens": state.tokens,
             "val_loss": val_loss,
             "val_ppl": val_ppl,
+            "val_tokens": int(sums[1].item()),  # predicted tokens counted (chat data: the replies' only)
             "train_loss": state.last_train_loss,
             "tokens_per_s": tokens_per_s,
             "mfu": loop.flops_per_token * tokens_per_s / loop.peak_flops,

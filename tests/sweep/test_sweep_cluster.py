@@ -100,12 +100,15 @@ def test_optuna_nsga2_sweep_runs_the_requested_trials(tiny_trained, tmp_path):
         patterns=["unstructured", "2:4"],
         quants=["none", "int8-weight", "int4-weight"],
         group_sizes=[32],
+        student_layers=[0, 1],
+        distill_steps=[10],
     )
     run_sweep(cfg)
     rows = read_rows(tmp_path / "optuna")
     assert len(rows) == 7 and all(r["status"] == "ok" for r in rows)
     report = check_front(tmp_path / "optuna", SERVED)
     assert {r["method"] for r in report["trials"][1:]} <= {"magnitude", "wanda"}
+    assert "1" in {r["student_layers"] for r in rows}  # the search always tries a student (its first point)
 
 
 def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):

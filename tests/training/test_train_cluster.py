@@ -9,6 +9,7 @@ from helpers import tiny_run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from minigpt_ray.config import ConfigError, to_yaml
+from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.training.trainer import run_training
 
 pytestmark = pytest.mark.cluster
@@ -179,3 +180,18 @@ def test_a_diverged_run_publishes_nothing_and_is_not_retried(ray_cluster, tmp_pa
     assert not (output / "metrics.json").exists()
     state = _state(output)  # the last checkpoint is the step-4 one, from before the divergence
     assert state["step"] == 4 and state["resumed_from"] == []  # and Ray Train did not restart the workers
+
+
+def test_chat_data_trains_and_evaluates_the_replies_only(ray_cluster, tmp_path):
+    cfg = tiny_run_config(tmp_path / "sft", max_steps=12, eval_every=6, checkpoint_every=12, eval_batches=0)
+    cfg.data.sources, cfg.data.max_chars_per_source = ["zh-instruct"], 60_000
+    metrics = run_training(cfg.validate())
+    blocks, block_size = metrics["data"]["blocks"]["val"], cfg.data.block_size
+    first, last = metrics["history"][0], metrics["history"][-1]
+    # Every validation block is evaluated, but only the assistant's tokens count (the prompts are masked).
+    assert 0 < first["val_tokens"] == last["val_tokens"] < 0.5 * blocks * (block_size - 1)
+    assert last["val_loss"] < first["val_loss"]
+    tokenizer = load_tokenizer(str(tmp_path / "sft" / "model"))
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "这本书好吗？"}], tokenize=False, add_generation_prompt=True
+    )  # the exported model carries the chat template it was trained with
