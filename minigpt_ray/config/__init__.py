@@ -6,12 +6,20 @@ from minigpt_ray.config.compress import CandidateError, CandidateSpec
 from minigpt_ray.config.export import ExportJobConfig
 from minigpt_ray.config.serve import ServeJobConfig
 from minigpt_ray.config.sweep import SweepJobConfig
-from minigpt_ray.config.train import CorpusConfig, DistillConfig, ModelConfig, TrainConfig, TrainJobConfig
+from minigpt_ray.config.train import (
+    AdapterConfig,
+    CorpusConfig,
+    DistillConfig,
+    ModelConfig,
+    TrainConfig,
+    TrainJobConfig,
+)
 
 __all__ = [
     "CandidateError",
     "CandidateSpec",
     "ConfigError",
+    "AdapterConfig",
     "CorpusConfig",
     "DistillConfig",
     "ExportJobConfig",

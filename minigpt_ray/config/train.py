@@ -134,6 +134,21 @@ class DistillConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """LoRA: train low-rank adapters beside frozen weights instead of every weight (peft)."""
+
+    r: int = 0
+    """Adapter rank (0 = full fine-tuning). The export writes the adapter (adapter/) and the merged model (model/)."""
+    lora_alpha: float = 32.0
+    """Adapter scale numerator: the update is (lora_alpha / r)·B·A."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input."""
+    targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Layers that get adapters: module names (q_proj, v_proj, ...; c_attn for GPT-2) or all-linear (the attention
+    and MLP projections: every linear layer but the output head)."""
+
+
+@dataclass
 class TrainJobConfig:
     """Settings of one training job (`minigpt finetune`): pretraining a preset or fine-tuning an HF model."""
 
@@ -154,6 +169,7 @@ class TrainJobConfig:
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: AdapterConfig = field(default_factory=AdapterConfig)
 
     # Short flags users type most, and the distillation flags under the names other tools use.
     ALIASES: ClassVar[dict[str, str]] = {
@@ -161,6 +177,9 @@ class TrainJobConfig:
         "sources": "data",
         "alpha": "distill_alpha",
         "temperature": "distill_temperature",
+        "r": "lora_r",
+        "dropout": "lora_dropout",
+        "targets": "lora_targets",
     }
 
     def validate(self) -> TrainJobConfig:
@@ -240,6 +259,14 @@ def validate_train_job(cfg: TrainJobConfig) -> None:
     if t.precision == "fp16" and t.use_gpu == "false":
         raise ConfigError("train.precision: fp16 needs GPU workers (use bf16 on CPU), got 'fp16'")
     validate_distill(cfg.distill)
+    validate_lora(cfg.lora)
+
+
+def validate_lora(lora: AdapterConfig) -> None:
+    require(lora.r >= 0, "lora.r", "must be >= 0 (0 = full fine-tuning)", lora.r)
+    require(lora.lora_alpha > 0, "lora.lora_alpha", "must be > 0", lora.lora_alpha)
+    require(0 <= lora.dropout < 1, "lora.dropout", "must be in [0, 1)", lora.dropout)
+    require(bool(lora.targets) and all(lora.targets), "lora.targets", "needs module names or all-linear", lora.targets)
 
 
 def validate_distill(d: DistillConfig) -> None:

@@ -24,16 +24,20 @@ def run_fingerprint(prepared) -> dict:
     d, teacher = cfg.distill, {}
     if prepared.teacher:
         teacher = {"distill": [prepared.teacher.location, d.alpha, d.temperature, d.init_from_teacher]}
-    return teacher | {
-        "model": prepared.source.name,
-        "architecture": {k: v for k, v in sorted(config.items()) if not k.startswith("_") and k not in _VOLATILE},
-        "tokenizer": hashlib.sha256(vocab.encode()).hexdigest()[:16],
-        "data": {"sources": list(cfg.data.sources), "stats": prepared.data.stats},
-        "block_size": cfg.data.block_size,
-        "zero_stage": t.zero_stage,
-        "num_workers": t.num_workers,
-        "precision": t.precision,
-    }
+    return (
+        teacher
+        | {
+            "model": prepared.source.name,
+            "architecture": {k: v for k, v in sorted(config.items()) if not k.startswith("_") and k not in _VOLATILE},
+            "tokenizer": hashlib.sha256(vocab.encode()).hexdigest()[:16],
+            "data": {"sources": list(cfg.data.sources), "stats": prepared.data.stats},
+            "block_size": cfg.data.block_size,
+            "zero_stage": t.zero_stage,
+            "num_workers": t.num_workers,
+            "precision": t.precision,
+        }
+        | ({"lora": [cfg.lora.r, cfg.lora.lora_alpha, list(cfg.lora.targets)]} if cfg.lora.r else {})
+    )
 
 
 def check_or_record(checkpoint_dir: Path, fingerprint: dict, output: str) -> None:

@@ -14,6 +14,7 @@ from minigpt_ray.data.corpora import load_documents, split_documents
 from minigpt_ray.data.packing import PackedData, pack_splits, shuffled_blocks
 from minigpt_ray.faults import WorkerFault, nan_step
 from minigpt_ray.modeling.distill import DistillSpec, derive_student_config
+from minigpt_ray.modeling.lora import LoraSpec
 from minigpt_ray.modeling.model import ModelBuildSpec, preset_config, preset_vocab_size
 from minigpt_ray.modeling.source import ModelSource, resolve_model
 from minigpt_ray.modeling.tokenizer import load_tokenizer, sample_texts, train_bpe
@@ -45,6 +46,8 @@ class WorkerConfig:
     """Injected divergence: weights are NaN after this step (from $MINIGPT_RAY_FAULT; None in normal runs)."""
     distill: DistillSpec | None = None
     """The frozen teacher each worker runs beside the student, or None (no teacher, or alpha 0: labels only)."""
+    lora: LoraSpec | None = None
+    """LoRA adapters to train instead of every weight, or None (full fine-tuning)."""
 
     @property
     def zero_stage(self) -> int:
@@ -69,8 +72,11 @@ class PreparedRun:
     def worker_config(self, world_size: int) -> WorkerConfig:
         train, distill = self.cfg.train, self.cfg.distill
         spec = DistillSpec(self.teacher.location, distill.alpha, distill.temperature) if self.teacher else None
+        lora = self.cfg.lora
+        adapters = LoraSpec(lora.r, lora.lora_alpha, lora.dropout, tuple(lora.targets), self.source.location)
         return WorkerConfig(
             distill=spec if distill.alpha > 0 else None,
+            lora=adapters if lora.r else None,
             model=self.source.build_spec(self.model_config, self.cfg.model.gradient_checkpointing, train.seed),
             train=train,
             deepspeed=build_deepspeed_config(train, world_size),

@@ -34,6 +34,10 @@ class TrainerState:
     tensor_bytes_per_worker: list[float] = field(default_factory=list)
     partitioned_at_construction: bool = False
     """ZeRO-3 parameters were partitioned as the model was built (deepspeed.zero.Init)."""
+    params: int | None = None
+    """The model's parameters (tied weights once), LoRA adapters included."""
+    trainable_params: int | None = None
+    """Parameters the optimizer updates: every one, or only the LoRA adapters."""
     fused_loss: bool = False
     compiled: bool = False
     fused_optimizer: bool = False

@@ -23,7 +23,7 @@ from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
 from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir, student_dir
 from minigpt_ray.training.state import TrainerState
-from minigpt_ray.training.worker import HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
+from minigpt_ray.training.worker import ADAPTER_DIR, HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
 log = get_logger()
 
@@ -148,9 +148,11 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) 
     model_dir = output / "model"
     with result.checkpoint.as_directory() as ckpt_dir:
         state = TrainerState.from_json((Path(ckpt_dir) / STATE_FILE).read_text())
-        with atomic_directory(model_dir) as staging:
-            shutil.copytree(Path(ckpt_dir) / HF_MODEL_DIR, staging, dirs_exist_ok=True)
-            save_tokenizer(prepared.tokenizer, staging)
+        for source, target in ((HF_MODEL_DIR, model_dir), (ADAPTER_DIR, output / "adapter")):
+            if (Path(ckpt_dir) / source).is_dir():  # adapter/: LoRA runs only
+                with atomic_directory(target) as staging:
+                    shutil.copytree(Path(ckpt_dir) / source, staging, dirs_exist_ok=True)
+                    save_tokenizer(prepared.tokenizer, staging)
     metrics = summarize(prepared, state, use_gpu, wall_seconds)
     metrics["checkpoint"] = result.checkpoint.path
     if cfg.sample_prompt:
@@ -196,6 +198,9 @@ def summarize(prepared: PreparedRun, state: TrainerState, use_gpu: bool, wall_se
         "placements": state.placements,  # each (re)start of the workers: the node id of every rank
         "use_gpu": use_gpu,
         "zero_stage": train.zero_stage,
+        "params": state.params,
+        "trainable_params": state.trainable_params,
+        "lora_r": prepared.cfg.lora.r,
         "partitioned_at_construction": state.partitioned_at_construction,
         "fused_loss": state.fused_loss,
         "compiled": state.compiled,

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from minigpt_ray.modeling.distill import load_teacher
 from minigpt_ray.modeling.evaluate import loss_and_perplexity, nll_sums
+from minigpt_ray.modeling.lora import save_lora, trainable_parameters, with_lora
 from minigpt_ray.modeling.loss import supports_fused_loss, use_training_loss
 from minigpt_ray.modeling.model import attention_for, build_model, count_parameters, flops_per_token
 from minigpt_ray.training import worker_utils as wu
@@ -27,6 +28,7 @@ from minigpt_ray.training.state import TrainerState
 
 STATE_FILE = "trainer_state.json"
 HF_MODEL_DIR = "hf_model"
+ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
 STEADY_AFTER_STEPS = 5
 
@@ -75,17 +77,15 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         f"{world} worker(s), device {device}, backend {dist.get_backend()}, {config.train.precision}, "
         f"ZeRO-{config.zero_stage}{' (partitioned at construction: zero.Init)' if partitioned else ''}, "
         f"{n_params:,} params, {'fused chunked' if fused else 'model'} loss"
-        f"{', compiled' if config.train.compile else ''}{wu.distill_note(config.distill)}",
+        f"{', compiled' if config.train.compile else ''}{wu.distill_note(config.distill)}"
+        f"{f', LoRA r={config.lora.r}' if config.lora else ''}",
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, config.train.weight_decay), config=config.deepspeed
     )
     state = _resume(engine, rank)
     _record_placement(state, rank, world)
-    # Recorded for metrics.json: how the model and optimizer were really built.
-    state.partitioned_at_construction, state.fused_loss, state.compiled = partitioned, fused, config.train.compile
-    state.fused_optimizer = bool(engine.basic_optimizer.defaults.get("fused"))
-    state.weight_decay_groups = [g["weight_decay"] for g in engine.basic_optimizer.param_groups]
+    _record_build(state, engine, partitioned, fused, config.train.compile)
     loop = LoopContext(
         engine=engine,
         config=config,
@@ -127,6 +127,15 @@ def _resume(engine, rank: int) -> TrainerState:
     return state
 
 
+def _record_build(state: TrainerState, engine, partitioned: bool, fused: bool, compiled: bool) -> None:
+    """For metrics.json: how the model and optimizer were really built."""
+    state.partitioned_at_construction, state.fused_loss, state.compiled = partitioned, fused, compiled
+    state.params = count_parameters(engine.module)
+    state.trainable_params = trainable_parameters(engine.module)  # all of them, or the LoRA adapters
+    state.fused_optimizer = bool(engine.basic_optimizer.defaults.get("fused"))
+    state.weight_decay_groups = [g["weight_decay"] for g in engine.basic_optimizer.param_groups]
+
+
 def _record_placement(state: TrainerState, rank: int, world: int) -> None:
     """Which node each rank runs on, for this start of the worker group (metrics.json: placements)."""
     state.placements.append(wu.gather_strings(ray.get_runtime_context().get_node_id(), world))
@@ -138,6 +147,8 @@ def build_training_model(config: WorkerConfig, device: torch.device) -> tuple[to
     loss installed. Returns (model, whether the fused chunked loss is on). Needs deepspeed.init_distributed first.
     bench/train_throughput.py runs it in its no-Ray DeepSpeed baseline, so both train the same model code."""
     model = _build_model(config, device)
+    if config.lora:  # adapters injected in place: the same module tree, only they train
+        model = with_lora(model, config.lora)[1]
     teacher = _teacher(config, device)
     # ZeRO-3 gathers a parameter only inside its own module's forward, so the fused loss (which reads the output
     # embedding's weight directly) is for stages 0-2; config validation keeps compile off ZeRO-3 too.
@@ -319,6 +330,15 @@ def _report(loop: LoopContext, final: bool) -> None:
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(state.to_json())
             if final:
-                wu.save_hf_model(engine.module.config, full_state, Path(tmp) / HF_MODEL_DIR)
+                _save_final_model(loop, full_state, Path(tmp))
         # Ray names the directory (by time), so a step redone after a restart never lands on an existing one.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _save_final_model(loop: LoopContext, full_state: dict, directory: Path) -> None:
+    """The HF model (merged, for a LoRA run) and, for a LoRA run, its adapter, into the final checkpoint."""
+    config = loop.engine.module.config
+    if loop.config.lora:
+        save_lora(config, full_state, loop.config.lora, directory / HF_MODEL_DIR, directory / ADAPTER_DIR)
+    else:
+        wu.save_hf_model(config, full_state, directory / HF_MODEL_DIR)
