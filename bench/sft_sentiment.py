@@ -3,11 +3,12 @@
 
   .venv/bin/python bench/sft_sentiment.py [--model runs/pipeline/pretrain/model] [--steps 300] [--reviews 200]
 
-The model (default: the quickstart's pretrained mini GPT) is fine-tuned on `zh-instruct` (Ray Train + DeepSpeed
-ZeRO-2, bf16-mixed, only the assistant's replies trained). Both the model and the fine-tuned one are then served
-(Ray Serve, PyTorch runtime) and asked "这条评论是正面还是负面？" for held-out reviews (the validation split of
-`zh-instruct`, which training never sees) through `/v1/chat/completions`, greedy, 4 tokens; an answer counts when
-it starts with the right label. The share of the majority label is printed beside them. Target: >= 80% after SFT.
+The model (default: the quickstart's pretrained mini GPT) is fine-tuned on `zh-instruct` (Ray Train +
+DeepSpeed ZeRO-2, bf16-mixed, only the assistant's replies trained). Both the model and the fine-tuned one
+are then served (Ray Serve, PyTorch runtime) and asked "这条评论是正面还是负面？" for held-out reviews (the validation
+split of `zh-instruct`, which training never sees, that fit the model's context) through
+`/v1/chat/completions`, greedy, 4 tokens; an answer counts when it starts with the right label. The share of
+the majority label is printed beside them. Target: >= 80% after SFT.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from minigpt_ray.serving.app import deploy  # noqa: E402
 from minigpt_ray.training.trainer import run_training  # noqa: E402
 
 VAL_FRACTION = 0.05
+ANSWER_TOKENS = 4
 
 
 def sft(model: str, output: Path, steps: int) -> dict:
@@ -40,10 +42,24 @@ def sft(model: str, output: Path, steps: int) -> dict:
     return run_training(cfg.validate())
 
 
-def held_out_reviews(limit: int) -> list[tuple[str, str]]:
-    """(review question, label) of sentiment conversations in the validation split."""
+def held_out_reviews(model: str, limit: int) -> list[tuple[str, str]]:
+    """(review question, label) of sentiment conversations in the validation split whose rendered prompt and answer
+    fit in the model's context."""
+    from transformers import AutoConfig
+
+    from minigpt_ray.modeling.model import max_positions
+    from minigpt_ray.modeling.tokenizer import load_tokenizer
+
+    tokenizer, room = load_tokenizer(model), max_positions(AutoConfig.from_pretrained(model)) - ANSWER_TOKENS
     _, val = split_documents(source_documents("zh-instruct"), VAL_FRACTION)
-    pairs = [(d.messages[0][1], d.messages[-1][1]) for d in val if d.messages[0][1].startswith(SENTIMENT_QUESTION)]
+    pairs = []
+    for doc in val:
+        question, label = doc.messages[0][1], doc.messages[-1][1]
+        messages = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if question.startswith(SENTIMENT_QUESTION) and length <= room:
+            pairs.append((question, label))
     return pairs[:limit]
 
 
@@ -53,10 +69,11 @@ def accuracy(model_dir: str, port: int, reviews: list[tuple[str, str]]) -> float
     for question, label in reviews:
         reply = requests.post(
             f"{url}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": question}], "max_tokens": 4, "temperature": 0},
+            json={"messages": [{"role": "user", "content": question}], "max_tokens": ANSWER_TOKENS, "temperature": 0},
             timeout=120,
         )
-        reply.raise_for_status()
+        if reply.status_code != 200:
+            raise SystemExit(f"error: {reply.status_code} {reply.text}")
         correct += reply.json()["choices"][0]["message"]["content"].strip().startswith(label)
     return correct / len(reviews)
 
@@ -71,7 +88,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="minigpt-sft-"))
     metrics = sft(str(Path(args.model).resolve()), work / "sft", args.steps)
-    reviews = held_out_reviews(args.reviews)
+    reviews = held_out_reviews(str(Path(args.model).resolve()), args.reviews)
     port = free_port()
     before = accuracy(str(Path(args.model).resolve()), port, reviews)
     after = accuracy(str(work / "sft" / "model"), port, reviews)
