@@ -134,6 +134,9 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
     if not directory.is_dir():
         raise ConfigError(f"model: directory {cfg.model} does not exist")
     if serving_runtime(cfg) == "torch":
+        if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
+            _check_adapter(directory, cfg.model)
+            return
         if not (directory / "config.json").is_file():
             has_gguf = (directory / GGUF_FILE).is_file()
             hint = f" (it has {GGUF_FILE}: serve it with runtime llama.cpp)" if has_gguf else ""
@@ -151,6 +154,15 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
             "runtime: llama.cpp needs llama-cpp-python (scripts/setup.sh builds it; or pip install '.[llama]'); "
             "runtime torch serves the PyTorch model instead"
         )
+
+
+def _check_adapter(directory: Path, name: str) -> None:
+    """A LoRA adapter directory is served on its base model, which must be a model directory here."""
+    import json
+
+    base = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise ConfigError(f"model: the adapter {name} names base model {base!r}, which is not a model directory")
 
 
 def _model_type(directory: Path) -> str:

@@ -64,3 +64,27 @@ def save_lora(model_config, state_dict: dict, spec: LoraSpec, model_dir: Path, a
     inner.load_state_dict(state_dict, strict=True)
     wrapper.save_pretrained(str(adapter_dir), safe_serialization=True)
     wrapper.merge_and_unload().save_pretrained(str(model_dir), safe_serialization=True)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(directory: str | Path) -> bool:
+    """A peft adapter directory (no model of its own: its base model is named in its config)."""
+    return (Path(directory) / ADAPTER_CONFIG).is_file() and not (Path(directory) / "config.json").is_file()
+
+
+def adapter_base(directory: str | Path) -> str:
+    import json
+
+    config = json.loads((Path(directory) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return config.get("base_model_name_or_path") or ""
+
+
+def load_adapter_model(directory: str | Path):
+    """Base model + the adapter, merged (for inference: one weight per layer, no adapter branch)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(directory), dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(directory)).merge_and_unload().eval()

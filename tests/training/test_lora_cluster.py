@@ -49,3 +49,32 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_model(
     assert update.abs().max() > 1e-4  # the adapter learned something
     torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, original.detach() + update)
     torch.testing.assert_close(merged.model.embed_tokens.weight, original.new_tensor(base.model.embed_tokens.weight))
+
+
+def test_an_adapter_directory_is_served_on_its_base(ray_cluster, tiny_trained, tmp_path):
+    """Serving base + adapter directly: the adapter directory answers as the merged model does."""
+    import requests
+    from ray import serve
+
+    from minigpt_ray.cluster import free_port
+    from minigpt_ray.compress.artifact import load_model_dir
+    from minigpt_ray.config import ServeJobConfig
+    from minigpt_ray.serving.app import deploy
+
+    cfg = tiny_run_config(tmp_path / "lora", max_steps=6, eval_every=6, checkpoint_every=6)
+    cfg.model.name, cfg.train.lr, cfg.lora.r = tiny_trained["dir"], 1e-2, 4
+    run_training(cfg.validate())
+    merged, tokenizer = load_model_dir(tmp_path / "lora" / "model")
+    from_adapter, _ = load_model_dir(tmp_path / "lora" / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(from_adapter(input_ids=IDS).logits, merged(input_ids=IDS).logits)
+    ids = tokenizer("ROMEO:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = merged.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    url = deploy(ServeJobConfig(model=str(tmp_path / "lora" / "adapter"), port=free_port()).validate())
+    try:
+        body = {"prompt": "ROMEO:", "max_tokens": 6, "temperature": 0}
+        reply = requests.post(f"{url}/v1/completions", json=body, timeout=120).json()
+        assert reply["choices"][0]["text"] == expected
+    finally:
+        serve.shutdown()
