@@ -1,7 +1,8 @@
 """Supervised fine-tuning on the built-in chat set, judged through the served chat API: how often the model answers
 正面/负面 correctly for held-out reviews, before and after, measured in one run.
 
-  .venv/bin/python bench/sft_sentiment.py [--model runs/pipeline/pretrain/model] [--steps 300] [--reviews 200]
+  .venv/bin/python bench/sft_sentiment.py [--model runs/pipeline/pretrain/model] [--steps 1000] [--lr 2e-3]
+                                         [--reviews 200]
 
 The model (default: the quickstart's pretrained mini GPT) is fine-tuned on `zh-instruct` (Ray Train +
 DeepSpeed ZeRO-2, bf16-mixed, only the assistant's replies trained). Both the model and the fine-tuned one
@@ -32,12 +33,12 @@ VAL_FRACTION = 0.05
 ANSWER_TOKENS = 4
 
 
-def sft(model: str, output: Path, steps: int) -> dict:
+def sft(model: str, output: Path, steps: int, lr: float) -> dict:
     cfg = TrainJobConfig(output=str(output), sample_prompt="")
     cfg.model.name = model
     cfg.data.sources, cfg.data.block_size, cfg.data.val_fraction = ["zh-instruct"], 128, VAL_FRACTION
     t = cfg.train
-    t.num_workers, t.micro_batch_size, t.max_steps, t.warmup_steps, t.lr = 2, 16, steps, steps // 10, 1e-3
+    t.num_workers, t.micro_batch_size, t.max_steps, t.warmup_steps, t.lr = 2, 16, steps, steps // 10, lr
     t.eval_every, t.checkpoint_every, t.log_every, t.eval_batches = steps, steps, 50, 0
     return run_training(cfg.validate())
 
@@ -81,13 +82,14 @@ def accuracy(model_dir: str, port: int, reviews: list[tuple[str, str]]) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/pipeline/pretrain/model", help="the model to fine-tune")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--reviews", type=int, default=200, help="held-out reviews asked")
     args = parser.parse_args()
     from ray import serve
 
     work = Path(tempfile.mkdtemp(prefix="minigpt-sft-"))
-    metrics = sft(str(Path(args.model).resolve()), work / "sft", args.steps)
+    metrics = sft(str(Path(args.model).resolve()), work / "sft", args.steps, args.lr)
     reviews = held_out_reviews(str(Path(args.model).resolve()), args.reviews)
     port = free_port()
     before = accuracy(str(Path(args.model).resolve()), port, reviews)
