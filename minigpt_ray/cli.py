@@ -236,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--config", default="configs/pipeline.yaml", help="pipeline YAML (sections per stage)")
     pipeline.add_argument("--output", default="", help="output directory (default: the YAML's output)")
-    pipeline.add_argument("--stages", default="", help="comma-separated subset of pretrain,finetune,sweep,serve")
+    pipeline.add_argument(
+        "--stages",
+        default="",
+        help="comma-separated stages from pretrain,finetune,sft,sweep,serve (default: the YAML's, else all but sft)",
+    )
     pipeline.add_argument(
         "--no-block",
         action="store_true",

@@ -49,7 +49,13 @@ def _training_section(name: str, metrics: dict, png: str) -> list[str]:
         f"{metrics['num_workers']} workers, ZeRO-{metrics['zero_stage']} {metrics['precision']}; validation "
         f"loss {metrics['initial_val_loss']:.3f} → {metrics['final_val_loss']:.3f} (perplexity "
         f"{metrics['initial_val_ppl']:.1f} → {metrics['final_val_ppl']:.1f}); {metrics['tokens_per_s']:,.0f} "
-        f"tokens/s, MFU {metrics['mfu']:.1%}.",
+        f"tokens/s, MFU {metrics['mfu']:.1%}."
+        + (
+            f" LoRA r={metrics['lora_r']}: {metrics['trainable_params']:,} of {metrics['params']:,} parameters "
+            "trained; adapter in `adapter/`, merged model in `model/`."
+            if metrics.get("lora_r")
+            else ""
+        ),
         "",
         f"![{name} loss]({png})",
         "",
@@ -119,6 +125,10 @@ def _student_section(pareto: dict) -> list[str]:
 
 def _endpoint_section(url: str, model_name: str, prompt: str) -> list[str]:
     body = json.dumps({"model": model_name, "prompt": prompt, "max_tokens": 32, "temperature": 0}, ensure_ascii=False)
+    chat_body = json.dumps(
+        {"model": model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 32, "temperature": 0},
+        ensure_ascii=False,
+    )
     return [
         "## Endpoint",
         "",
@@ -133,6 +143,15 @@ def _endpoint_section(url: str, model_name: str, prompt: str) -> list[str]:
         f'client = OpenAI(base_url="{url}/v1", api_key="unused")',
         f'print(client.completions.create(model="{model_name}", prompt="{prompt}", max_tokens=32, '
         f"temperature=0).choices[0].text)",
+        f'chat = client.chat.completions.create(model="{model_name}", messages=[{{"role": "user", "content": '
+        f'"{prompt}"}}], max_tokens=32, temperature=0)',
+        "print(chat.choices[0].message.content)",
+        "```",
+        "",
+        "Chat (`/v1/chat/completions`, through the model's chat template):",
+        "",
+        "```bash",
+        f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{chat_body}'",
         "```",
         "",
     ]
@@ -153,7 +172,11 @@ def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], 
     for name, info in state["stages"].items():
         lines.append(f"| {name} | {info['seconds']:.0f} | {info['resources']} | {info['result']} |")
     lines += ["", "## Results", ""]
-    for stage, title in (("pretrain", "Pretraining"), ("finetune", "Fine-tuning")):
+    for stage, title in (
+        ("pretrain", "Pretraining"),
+        ("finetune", "Fine-tuning"),
+        ("sft", "Supervised fine-tuning on chat data"),
+    ):
         metrics_file = output / stage / "metrics.json"
         if metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))

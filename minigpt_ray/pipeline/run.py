@@ -23,9 +23,19 @@ from minigpt_ray.outputs import atomic_write_text
 
 log = get_logger()
 
-STAGES = ("pretrain", "finetune", "sweep", "serve")
+STAGES = ("pretrain", "finetune", "sft", "sweep", "serve")
+DEFAULT_STAGES = ("pretrain", "finetune", "sweep", "serve")
+"""`sft` (LoRA on chat data) runs when asked for: `stages: [pretrain, finetune, sft, sweep, serve]`."""
+TRAINING_STAGES = ("pretrain", "finetune", "sft")
+SFT_DEFAULTS = {"data": {"sources": ["zh-instruct"]}, "lora": {"r": 16}}
+"""What the sft section starts from (its own settings override): the built-in chat set, LoRA rank 16."""
 STATE_FILE = "pipeline_state.json"
-DONE_MARKERS = {"pretrain": "model/config.json", "finetune": "model/config.json", "sweep": "winner/manifest.json"}
+DONE_MARKERS = {
+    "pretrain": "model/config.json",
+    "finetune": "model/config.json",
+    "sft": "model/config.json",
+    "sweep": "winner/manifest.json",
+}
 
 
 @dataclass
@@ -45,9 +55,11 @@ def _settings_digest(cfg, upstream: str) -> str:
     return hashlib.sha256((upstream + to_yaml(plain)).encode()).hexdigest()[:16]
 
 
-def _chain_digests(configs: dict) -> dict:
+def _chain_digests(configs: dict, stages: list[str]) -> dict:
     digests, upstream = {}, ""
     for stage in STAGES:
+        if stage == "sft" and stage not in stages:  # an sft section that does not run changes nothing downstream
+            continue
         digests[stage] = upstream = _settings_digest(configs[stage], upstream)
         if isinstance(configs[stage], TrainJobConfig) and not configs[stage].run_name:
             configs[stage].run_name = f"{stage}-{upstream[:8]}"
@@ -60,20 +72,22 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
     unknown = set(values) - {"output", "stages", "prompts", *STAGES}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown setting (sections: {', '.join(STAGES)})")
-    stages = list(stages or values.get("stages") or STAGES)
+    stages = list(stages or values.get("stages") or DEFAULT_STAGES)
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ConfigError(f"stages: unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
     models = {
         "pretrain": None,
         "finetune": output / "pretrain" / "model",
-        "sweep": output / "finetune" / "model",
+        "sft": output / "finetune" / "model",
+        "sweep": output / ("sft" if "sft" in stages else "finetune") / "model",
         "serve": output / "sweep" / "winner",
     }
     configs = {}
     job_configs = (
         ("pretrain", TrainJobConfig),
         ("finetune", TrainJobConfig),
+        ("sft", TrainJobConfig),
         ("sweep", SweepJobConfig),
         ("serve", ServeJobConfig),
     )
@@ -81,6 +95,8 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
         section = values.get(stage) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"{stage}: expected a mapping of settings")
+        if stage == "sft":
+            section = _with_defaults(section, SFT_DEFAULTS)
         cfg = _stage_config(stage, section, cls)
         if cls is not ServeJobConfig:
             cfg.output = str(output / stage)
@@ -94,8 +110,17 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
         except ConfigError as err:
             raise ConfigError(f"{stage}.{err}") from None
         configs[stage] = cfg
-    digests = _chain_digests(configs)
+    digests = _chain_digests(configs, stages)
     return PipelinePlan(output, stages, configs, list(values.get("prompts") or ["今天天气"]), digests)
+
+
+def _with_defaults(section: dict, defaults: dict) -> dict:
+    """`section` over `defaults`, one level of sub-sections deep."""
+    merged = dict(section)
+    for key, value in defaults.items():
+        given = section.get(key)
+        merged[key] = value | given if isinstance(given, dict) else (value if given is None else given)
+    return merged
 
 
 def _stage_config(stage: str, section: dict, cls):
@@ -106,7 +131,7 @@ def _stage_config(stage: str, section: dict, cls):
 
 
 def _model_given(stage: str, section: dict) -> bool:
-    return "name" in (section.get("model") or {}) if stage in ("pretrain", "finetune") else "model" in section
+    return "name" in (section.get("model") or {}) if stage in TRAINING_STAGES else "model" in section
 
 
 def _set_model(cfg, model: str) -> None:
@@ -117,7 +142,7 @@ def _set_model(cfg, model: str) -> None:
 
 
 def _resources(stage: str, cfg) -> str:
-    if stage in ("pretrain", "finetune"):
+    if stage in TRAINING_STAGES:
         t = cfg.train
         return f"{t.num_workers} workers × {t.cpus_per_worker:g} CPU, ZeRO-{t.zero_stage}, {t.precision}"
     if stage == "sweep":
@@ -145,7 +170,7 @@ def _finished(plan: PipelinePlan, state: dict, stage: str) -> bool:
 
 def _run_stage(stage: str, cfg) -> tuple[str, dict]:
     """Run one stage; returns (one-line result, extra state)."""
-    if stage in ("pretrain", "finetune"):
+    if stage in TRAINING_STAGES:
         from minigpt_ray.training.trainer import run_training
 
         m = run_training(cfg)
@@ -220,7 +245,17 @@ def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
         if directory is not None and (directory / "config.json").is_file():
             model, tokenizer = load_model_dir(directory)
             samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
+    if (plan.output / "sft" / "model" / "config.json").is_file():  # the chat model answers messages
+        model, tokenizer = load_model_dir(plan.output / "sft" / "model")
+        samples["SFT, as a chat reply"] = {
+            p: sample_text(model, tokenizer, _chat_prompt(tokenizer, p), 32, seed=1234) for p in plan.prompts
+        }
     return samples
+
+
+def _chat_prompt(tokenizer, user_message: str) -> str:
+    messages = [{"role": "user", "content": user_message}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _student_dir(pareto_file: Path) -> Path | None:

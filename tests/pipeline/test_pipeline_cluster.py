@@ -32,6 +32,7 @@ def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
     data = {"sources": [corpus], "max_chars_per_source": 100_000, "block_size": 64, "val_fraction": 0.05}
     return {
         "output": str(output),
+        "stages": ["pretrain", "finetune", "sft", "sweep", "serve"],
         "prompts": ["ROMEO:"],
         "pretrain": {
             "sample_prompt": "",
@@ -41,6 +42,12 @@ def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
         },
         # ZeRO-3 here: from_pretrained loads the pretrained directory straight into zero.Init partitions
         "finetune": {"sample_prompt": "", "data": data, "train": dict(TRAIN, max_steps=4, lr=1e-3, zero_stage=3)},
+        "sft": {  # LoRA on the built-in chat set (the sft defaults) with a smaller rank and a slice of it
+            "sample_prompt": "",
+            "data": {"max_chars_per_source": 30_000, "block_size": 64, "val_fraction": 0.05},
+            "lora": {"r": 4},
+            "train": dict(TRAIN, max_steps=4, lr=1e-2),
+        },
         "sweep": {
             "data": data,
             "measure": {"eval_blocks": 8, "calib_blocks": 4, "decode_tokens": 4},
@@ -87,6 +94,17 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):
         url = state["stages"]["serve"]["url"]
         assert f"curl {url}/v1/completions" in report and "from openai import OpenAI" in report
         assert "| winner (compressed) | ROMEO: |" in report
+        sft = json.loads((output / "sft" / "metrics.json").read_text())
+        assert "- zh-instruct" in (output / "sft" / "run_config.yaml").read_text()  # the sft defaults
+        assert sft["lora_r"] == 4 and sft["trainable_params"] < 0.2 * sft["params"]
+        assert (output / "sft" / "adapter" / "adapter_config.json").is_file()
+        assert "### Supervised fine-tuning on chat data" in report and "LoRA r=4:" in report
+        assert "| SFT, as a chat reply | ROMEO: |" in report and f"curl {url}/v1/chat/completions" in report
+        assert plan_pipeline(values).configs["sweep"].model == str(output / "sft" / "model")  # it compresses SFT
+        chat = requests.post(
+            f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "好吗"}], "max_tokens": 4}
+        )
+        assert chat.status_code == 200 and chat.json()["object"] == "chat.completion"
         student = min((r for r in pareto["trials"] if r.get("student_layers")), key=lambda r: r["served_perplexity"])
         assert f"The best student the sweep distilled from the fine-tuned model: **{student['label']}**" in report
         assert f"| student | {student['params']:,} |" in report and "| distilled student | ROMEO: |" in report
@@ -97,7 +115,7 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path, capsys):
         # the same output through the command: the three finished stages are not redone
         assert cli.main(["pipeline", "--config", str(tmp_path / "p.yaml"), "--no-block"]) == 0
         logged = capsys.readouterr().err
-        for stage in ("pretrain", "finetune", "sweep"):
+        for stage in ("pretrain", "finetune", "sft", "sweep"):
             assert f"pipeline: {stage} already finished" in logged
         assert json.loads((output / "pretrain" / "metrics.json").read_text()) == pretrain
     finally:
