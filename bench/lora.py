@@ -30,7 +30,8 @@ def fine_tune(model: str, output: Path, steps: int, r: int) -> dict:
     t.num_workers, t.micro_batch_size, t.max_steps, t.warmup_steps = 2, 16, steps, steps // 10
     t.lr = 2e-3 if r else 1e-3  # LoRA's adapters start at zero and take a higher rate (peft's and litgpt's recipes)
     t.eval_every, t.checkpoint_every, t.log_every, t.eval_batches = steps, steps, 50, 0
-    cfg.lora.r, cfg.lora.lora_alpha = r, 2.0 * max(r, 1)
+    if r:
+        cfg.lora.r, cfg.lora.lora_alpha = r, 2.0 * r
     return run_training(cfg.validate())
 
 

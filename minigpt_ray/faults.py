@@ -61,12 +61,9 @@ def nan_step() -> int | None:
     return int(spec) if spec is not None else None
 
 
-async def hang_if_injected(prompt) -> None:
-    """Hang (an hour) on the prompt named by the hang-prompt fault; return at once otherwise."""
-    if prompt is not None and prompt == _fault_spec("hang-prompt"):
-        import asyncio
-
-        await asyncio.sleep(3600)
+def hang_prompt() -> str | None:
+    """The completion prompt that must hang its replica (the hang-prompt fault), or None."""
+    return _fault_spec("hang-prompt")
 
 
 def trial_fault() -> dict | None:

@@ -24,6 +24,7 @@ from minigpt_ray.compress.artifact import (
     save_candidate,
 )
 from minigpt_ray.compress.distill import StudentTraining, new_student, train_student
+from minigpt_ray.compress.finetune import short_finetune
 from minigpt_ray.compress.layers import in_features, target_layers
 from minigpt_ray.compress.prune import apply_masks, prune_unstructured, sparsity_of
 from minigpt_ray.compress.quantize import quantize_model
@@ -69,25 +70,16 @@ def recover(
 ) -> list[float]:
     """Short fine-tune after pruning (AdamW, linear decay); pruned weights are re-zeroed after every step."""
     layers = target_layers(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(steps, 1))
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=generator)].long()
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if masks:
-            apply_masks(layers, masks)
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return short_finetune(
+        model,
+        train_blocks,
+        steps,
+        lambda batch: model(input_ids=batch, labels=batch).loss,
+        lr,
+        batch_size,
+        seed,
+        after_step=(lambda: apply_masks(layers, masks)) if masks else None,
+    )
 
 
 def build_candidate(

@@ -13,13 +13,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM
 
+from minigpt_ray.compress.finetune import short_finetune
 from minigpt_ray.config.compress import CandidateError, CandidateSpec
-from minigpt_ray.modeling.distill import (
-    chunked_distill_loss,
-    derive_student_config,
-    distill_loss_from_logits,
-    init_student_from_teacher,
-)
+from minigpt_ray.modeling.distill import derive_student_config, distill_loss, init_student_from_teacher
 from minigpt_ray.modeling.loss import supports_fused_loss
 
 
@@ -54,33 +50,17 @@ def new_student(teacher, spec: CandidateSpec, seed: int) -> tuple[torch.nn.Modul
 def train_student(
     student, teacher, train_blocks: torch.Tensor, steps: int, training: StudentTraining, seed: int = 0
 ) -> list[float]:
-    """Distil `teacher` into `student` for `steps` steps (AdamW, short warm-up, linear decay, clipped gradients).
-    Returns the loss of every step."""
+    """Distil `teacher` into `student` for `steps` steps (the short fine-tune with a 10% warm-up). Returns the loss
+    of every step."""
     teacher.eval()
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, 1 - (step - warmup) / max(steps - warmup, 1))
-    )
-    generator = torch.Generator().manual_seed(seed)
     fused = supports_fused_loss(student) and supports_fused_loss(teacher)
-    losses = []
-    student.train()
-    for _ in range(steps):
-        batch = train_blocks[torch.randint(len(train_blocks), (training.batch_size,), generator=generator)].long()
-        if fused:
-            loss = chunked_distill_loss(student, teacher, batch, batch, training.alpha, training.temperature)
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=batch).logits
-            logits = student(input_ids=batch).logits
-            loss = distill_loss_from_logits(logits, teacher_logits, batch, training.alpha, training.temperature)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    student.eval()
-    return losses
+    return short_finetune(
+        student,
+        train_blocks,
+        steps,
+        lambda batch: distill_loss(student, teacher, batch, batch, training.alpha, training.temperature, fused),
+        training.lr,
+        training.batch_size,
+        seed,
+        warmup_steps=max(1, steps // 10),
+    )

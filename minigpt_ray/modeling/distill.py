@@ -111,6 +111,18 @@ def chunked_distill_loss(student, teacher, input_ids, labels, alpha: float, temp
     )
 
 
+def distill_loss(student, teacher, input_ids, labels, alpha: float, temperature: float, fused: bool, call=None):
+    """The distillation loss of a batch: chunked when `fused` (both models' logits are hidden @ head; `call` maps ids
+    to the student's hidden states), else from both models' full logits (`call` gives the student's). The teacher
+    runs under no_grad either way."""
+    if fused:
+        return chunked_distill_loss(student, teacher, input_ids, labels, alpha, temperature, call)
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits
+    logits = (call or student)(input_ids=input_ids, use_cache=False).logits
+    return distill_loss_from_logits(logits, teacher_logits, labels, alpha, temperature)
+
+
 def derive_student_config(teacher_config, layers: int, hidden_size: int = 0):
     """The teacher's architecture with `layers` decoder layers and, if given, another width: heads keep their
     size, the MLP and key/value heads scale with the width."""

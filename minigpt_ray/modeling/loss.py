@@ -116,6 +116,8 @@ def use_training_loss(model: nn.Module, fused: bool, compile: bool, teacher=None
         return
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
+    from minigpt_ray.modeling.distill import distill_loss  # imports this module: a top-level import would cycle
+
     eager_forward = model.forward
     training_call = model.base_model.forward if fused else eager_forward
     training_call = torch.compile(training_call) if compile else training_call
@@ -124,22 +126,10 @@ def use_training_loss(model: nn.Module, fused: bool, compile: bool, teacher=None
         if labels is None or kwargs:
             return eager_forward(input_ids=input_ids, labels=labels, **kwargs)
         if teacher:
-            return CausalLMOutputWithPast(loss=_distill_loss(model, teacher, input_ids, labels, fused, training_call))
+            loss = distill_loss(model, teacher[0], input_ids, labels, teacher[1], teacher[2], fused, training_call)
+            return CausalLMOutputWithPast(loss=loss)
         if fused:
             return CausalLMOutputWithPast(loss=fused_causal_lm_loss(model, input_ids, labels, decoder=training_call))
         return training_call(input_ids=input_ids, labels=labels, use_cache=False)
 
     model.forward = forward
-
-
-def _distill_loss(model, teacher, input_ids, labels, fused: bool, training_call):
-    """The distillation loss: chunked (fused), else from both models' full logits."""
-    from minigpt_ray.modeling.distill import chunked_distill_loss, distill_loss_from_logits
-
-    teacher_model, alpha, temperature = teacher
-    if fused:
-        return chunked_distill_loss(model, teacher_model, input_ids, labels, alpha, temperature, training_call)
-    with torch.no_grad():
-        teacher_logits = teacher_model(input_ids=input_ids, use_cache=False).logits
-    logits = training_call(input_ids=input_ids, use_cache=False).logits
-    return distill_loss_from_logits(logits, teacher_logits, labels, alpha, temperature)

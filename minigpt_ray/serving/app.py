@@ -28,7 +28,7 @@ from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import ServeJobConfig, from_dict
 from minigpt_ray.config.serve import GGUF_FILE, serving_runtime
 from minigpt_ray.export.llamacpp import LlamaCppModel
-from minigpt_ray.faults import hang_if_injected
+from minigpt_ray.faults import hang_prompt
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
@@ -95,6 +95,7 @@ class CompletionServer:
             self.model.to(self.device)
             self.context_window = max_positions(self.model.config) or None
         self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
+        self.hang_prompt = hang_prompt()  # None in every normal run (MINIGPT_RAY_FAULT, read once)
         self.api_key, self.max_queued = cfg.api_key, cfg.batching.max_queued_requests
         b = cfg.batching
         self.engine = DecodeEngine(
@@ -174,7 +175,8 @@ class CompletionServer:
             parsed = parse(body, self.tokenizer, self.limits, self.name, self.context_window)
         except ApiError as err:
             return self._error(err)
-        await hang_if_injected(body.get("prompt"))
+        if self.hang_prompt is not None and body.get("prompt") == self.hang_prompt:
+            await asyncio.sleep(3600)  # the injected fault: a replica that stops answering
         if self.engine.backlog >= self.max_queued:
             busy = ApiError(503, f"server: {self.engine.backlog} requests already queued", None, "overloaded")
             return self._error(busy, headers={"Retry-After": "1"})
