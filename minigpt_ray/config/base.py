@@ -110,6 +110,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, root: type) -> argpars
             default=None,
             metavar=METAVARS.get(typ, "A,B,..."),
             help=f"{docs[section].get(f.name, '')} [{key}, default: {default!r}]".replace("%", "%%"),
+            **({"nargs": "?", "const": True} if typ is bool else {}),  # a bare --no-cache means true
         )
     return parser
 

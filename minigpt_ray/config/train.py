@@ -43,6 +43,11 @@ class CorpusConfig:
     """Tokens per sequence; documents are EOS-separated and packed into blocks of this length."""
     txt_split: str = "paragraph"
     """How a user .txt file is cut into documents: paragraph (blank-line separated), line, or file."""
+    no_cache: bool = False
+    """Rebuild the tokenizer and the packed blocks instead of reusing them from the cache, and store nothing."""
+    cache_dir: str = ""
+    """Where trained tokenizers and packed corpora are cached, keyed by their inputs (default: $MINIGPT_RAY_CACHE,
+    else ~/.cache/minigpt_ray)."""
 
 
 @dataclass

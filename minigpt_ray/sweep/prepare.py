@@ -13,7 +13,7 @@ from minigpt_ray.compress.distill import new_student
 from minigpt_ray.config import CandidateError, CandidateSpec, ConfigError, SweepJobConfig
 from minigpt_ray.config.sweep import SPACE_FIELDS, search_choices
 from minigpt_ray.data.corpora import load_documents, split_documents
-from minigpt_ray.data.packing import pack_blocks, tokenize_texts
+from minigpt_ray.data.packing import pack_splits
 from minigpt_ray.modeling.source import ModelSource, resolve_model
 
 PROMPT_TOKENS = 8
@@ -28,17 +28,14 @@ class SweepInputs:
     data: CalibrationData
     specs: list[CandidateSpec]
     """Every distinct candidate of the search space (the uncompressed baseline excluded)."""
+    blocks_cache: str = "off"
+    """Where the packed blocks came from (`PackedData.cache`)."""
 
 
-def _blocks(tokenizer, docs, block_size: int, split: str, limit: int = 0) -> torch.Tensor:
-    blocks = pack_blocks(tokenize_texts(tokenizer, [d.text for d in docs]), block_size)
-    if len(blocks) == 0:
-        raise ConfigError(
-            f"data.sources: the {split} split holds no full block of {block_size} tokens; give more "
-            f"text or lower data.block_size"
-        )
-    blocks = torch.from_numpy(blocks[:limit] if limit else blocks).long()
-    return blocks
+def _token_blocks(blocks, limit: int = 0) -> torch.Tensor:
+    """Token ids as a long tensor (conversations' [n, 2, T] blocks give their ids; the sweep scores every token)."""
+    ids = blocks[:, 0] if blocks.ndim == 3 else blocks
+    return torch.from_numpy(ids[:limit] if limit else ids).long()
 
 
 def load_base_model(name: str):
@@ -75,19 +72,19 @@ def prepare_sweep(cfg: SweepJobConfig) -> SweepInputs:
     source = resolve_model(cfg.model, field="model", presets=False)
     source.check_block_size(cfg.data.block_size)
     tokenizer = source.tokenizer()
+    base = load_base_model(source.location)
+    _check_specs_fit(specs, base)  # before the corpus is read: a search space that cannot apply fails in seconds
     docs = load_documents(cfg.data.sources, cfg.data.txt_split, cfg.data.max_chars_per_source)
-    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction)
-    eval_blocks = _blocks(tokenizer, val_docs, cfg.data.block_size, "validation", cfg.measure.eval_blocks)
-    train_blocks = _blocks(tokenizer, train_docs, cfg.data.block_size, "training")
+    packed = pack_splits(cfg.data, tokenizer, *split_documents(docs, cfg.data.val_fraction))
+    eval_blocks = _token_blocks(packed.val, cfg.measure.eval_blocks)
+    train_blocks = _token_blocks(packed.train)
     data = CalibrationData(
         eval_blocks=eval_blocks,
         calib_blocks=train_blocks[: cfg.measure.calib_blocks],
         train_blocks=train_blocks,
         prompt_ids=eval_blocks[:1, :PROMPT_TOKENS],
     )
-    base = load_base_model(source.location)
-    _check_specs_fit(specs, base)
-    return SweepInputs(source=source, tokenizer=tokenizer, base=base, data=data, specs=specs)
+    return SweepInputs(source=source, tokenizer=tokenizer, base=base, data=data, specs=specs, blocks_cache=packed.cache)
 
 
 def _check_specs_fit(specs: list[CandidateSpec], base) -> None:

@@ -212,6 +212,13 @@ def run_sweep(cfg: SweepJobConfig) -> dict:
     from minigpt_ray.cluster import connect_ray
 
     inputs = prepare_sweep(cfg)
+    data = inputs.data
+    log.info(
+        "data: %d evaluation and %d training blocks; cache: blocks %s",
+        len(data.eval_blocks),
+        len(data.train_blocks),
+        inputs.blocks_cache,
+    )
     output = Path(cfg.output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import PretrainedConfig
 
 from minigpt_ray.config import ConfigError, TrainConfig, TrainJobConfig
+from minigpt_ray.data.cache import DiskCache, cache_root, tokenizer_key
 from minigpt_ray.data.corpora import load_documents, split_documents
 from minigpt_ray.data.packing import PackedData, pack_splits, shuffled_blocks
 from minigpt_ray.faults import WorkerFault, nan_step
@@ -17,7 +18,7 @@ from minigpt_ray.modeling.distill import DistillSpec, derive_student_config
 from minigpt_ray.modeling.lora import LoraSpec
 from minigpt_ray.modeling.model import ModelBuildSpec, preset_config, preset_vocab_size
 from minigpt_ray.modeling.source import ModelSource, resolve_model
-from minigpt_ray.modeling.tokenizer import load_tokenizer, sample_texts, train_bpe
+from minigpt_ray.modeling.tokenizer import CHAT_TEMPLATE, load_tokenizer, sample_texts, save_tokenizer, train_bpe
 from minigpt_ray.training.deepspeed_config import build_deepspeed_config
 
 DIVERGENCE_FILE = "diverged.txt"
@@ -63,6 +64,9 @@ class PreparedRun:
     data: PackedData
     teacher: ModelSource | None = None
     """The distillation teacher, resolved (None without one)."""
+    tokenizer_origin: str = "model"
+    """Where the tokenizer came from: the model ("model"), the run's own output ("resumed"), the cache ("hit"), or
+    trained here ("miss", "rebuilt": a corrupt cache entry replaced, "off": data.no_cache)."""
 
     @property
     def derived_student(self) -> bool:
@@ -102,6 +106,7 @@ def student_dir(output: str) -> Path:
 def prepare_run(cfg: TrainJobConfig) -> PreparedRun:
     # Models are resolved first: a wrong name fails in a second, before the corpus is read.
     teacher = resolve_model(cfg.distill.teacher, "distill.teacher", presets=False) if cfg.distill.teacher else None
+    tokenizer_origin = "model"
     source = _student_source(cfg, teacher) if teacher else resolve_model(cfg.model.name)
     for model in (source, teacher):
         if model is not None:
@@ -111,7 +116,7 @@ def prepare_run(cfg: TrainJobConfig) -> PreparedRun:
     if teacher is not None:
         tokenizer, model_config = _distill_student(source, teacher, cfg.data.block_size)
     elif source.is_preset:
-        tokenizer = _preset_tokenizer(cfg, [d.text for d in train_docs])
+        tokenizer, tokenizer_origin = _preset_tokenizer(cfg, [d.text for d in train_docs])
         model_config = preset_config(source.name, len(tokenizer), cfg.data.block_size, tokenizer.eos_token_id)
     else:
         tokenizer, model_config = source.tokenizer(), source.config
@@ -123,7 +128,13 @@ def prepare_run(cfg: TrainJobConfig) -> PreparedRun:
     data = pack_splits(cfg.data, tokenizer, train_docs, val_docs)
     data.train = shuffled_blocks(data.train, cfg.train.seed)
     return PreparedRun(
-        cfg=cfg, source=source, tokenizer=tokenizer, model_config=model_config, data=data, teacher=teacher
+        cfg=cfg,
+        source=source,
+        tokenizer=tokenizer,
+        model_config=model_config,
+        data=data,
+        teacher=teacher,
+        tokenizer_origin=tokenizer_origin,
     )
 
 
@@ -160,9 +171,17 @@ def _distill_student(source: ModelSource, teacher: ModelSource, block_size: int)
     return tokenizer, source.config
 
 
-def _preset_tokenizer(cfg: TrainJobConfig, train_texts: list[str]):
+def _preset_tokenizer(cfg: TrainJobConfig, train_texts: list[str]) -> tuple[object, str]:
+    """(the BPE tokenizer a preset trains on, where it came from: "resumed", or the cache's status)."""
     vocab_size = preset_vocab_size(cfg.model.name, cfg.model.vocab_size)
     saved = saved_tokenizer_dir(cfg.output)
     if saved.is_dir():  # a resumed run must keep the token ids its checkpoints were trained with
-        return load_tokenizer(str(saved))
-    return train_bpe(sample_texts(train_texts, cfg.model.tokenizer_train_chars, cfg.train.seed), vocab_size)
+        return load_tokenizer(str(saved)), "resumed"
+    texts = sample_texts(train_texts, cfg.model.tokenizer_train_chars, cfg.train.seed)
+    cache = DiskCache(cache_root(cfg.data.cache_dir), disabled=cfg.data.no_cache)
+    key = "" if cfg.data.no_cache else tokenizer_key(texts, vocab_size, CHAT_TEMPLATE)
+    tokenizer, status = cache.load("tokenizer", key, lambda path: load_tokenizer(str(path)))
+    if tokenizer is None:
+        tokenizer = train_bpe(texts, vocab_size)
+        cache.store("tokenizer", key, lambda path: save_tokenizer(tokenizer, path))
+    return tokenizer, status

@@ -42,6 +42,10 @@ class TrainerState:
     compiled: bool = False
     fused_optimizer: bool = False
     """What DeepSpeed actually built (torch's fused AdamW kernel)."""
+    timeline: dict[str, float] = field(default_factory=dict)
+    """Rank 0's wall-clock times (epoch seconds) in the last start of the workers: `entered` (the loop function
+    began), `engine_ready` (model built, DeepSpeed initialized), `loop_start`, `loop_done`. The driver turns them
+    into `phase_seconds`."""
     weight_decay_groups: list[float] = field(default_factory=list)
     """Weight decay of each optimizer parameter group DeepSpeed built (decayed weights, then norms and biases)."""
 

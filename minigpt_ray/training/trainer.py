@@ -13,7 +13,6 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from minigpt_ray.cluster import connect_ray
 from minigpt_ray.config import ConfigError, TrainJobConfig, to_yaml
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.distill import build_student
@@ -22,6 +21,7 @@ from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
 from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir, student_dir
+from minigpt_ray.training.startup import prepare_while_ray_starts
 from minigpt_ray.training.state import TrainerState
 from minigpt_ray.training.worker import ADAPTER_DIR, HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
 
@@ -121,10 +121,16 @@ def write_derived_student(prepared: PreparedRun) -> None:
 
 def run_training(cfg: TrainJobConfig) -> dict:
     """Run (or resume) training; returns the metrics also written to `<output>/metrics.json`."""
-    started = time.time()
-    prepared = prepare_run(cfg)
-    log.info("data: %s", json.dumps(prepared.data.stats))
-    connect_ray(cfg.ray_address)
+    clock = {"started": time.time()}
+    prepared = prepare_while_ray_starts(prepare_run, cfg)
+    clock["prepared"] = time.time()
+    log.info(
+        "data: %s; cache: tokenizer %s, blocks %s (%.1f s, Ray started alongside)",
+        json.dumps(prepared.data.stats),
+        prepared.tokenizer_origin,
+        prepared.data.cache,
+        clock["prepared"] - clock["started"],
+    )
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
     check_resources(cfg.train, use_gpu)
     if not saved_tokenizer_dir(cfg.output).is_dir():
@@ -136,13 +142,31 @@ def run_training(cfg: TrainJobConfig) -> dict:
         write_derived_student(prepared)
     diverged = Path(cfg.output) / DIVERGENCE_FILE
     diverged.unlink(missing_ok=True)  # a record of an earlier run, not of this one
+    clock["fit"] = time.time()
     result = build_trainer(prepared, use_gpu).fit()
+    clock["fitted"] = time.time()
     if diverged.is_file():
         raise TrainingDiverged(diverged.read_text().strip())
-    return finalize(prepared, result, use_gpu, time.time() - started)
+    return finalize(prepared, result, use_gpu, clock)
 
 
-def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) -> dict:
+def phase_seconds(clock: dict[str, float], worker: dict[str, float]) -> dict[str, float]:
+    """Where a run's wall time went, from the driver's clock and rank 0's timeline (`TrainerState.timeline`, the
+    last start of the workers): everything but `training` is the fixed cost of a run."""
+    marks = [
+        ("prepare", clock["started"], clock["prepared"]),  # corpus, tokenizer, packing; Ray starts meanwhile
+        ("checks", clock["prepared"], clock["fit"]),  # resources, fingerprint, tokenizer written
+        ("workers_start", clock["fit"], worker.get("entered")),  # Ray Train controller, worker group, gloo/nccl
+        ("engine_build", worker.get("entered"), worker.get("engine_ready")),  # imports, model, DeepSpeed
+        ("first_eval", worker.get("engine_ready"), worker.get("loop_start")),
+        ("training", worker.get("loop_start"), worker.get("loop_done")),  # steps, periodic evals and checkpoints
+        ("final_save", worker.get("loop_done"), clock["fitted"]),  # last checkpoint and HF export
+        ("finish", clock["fitted"], clock["finished"]),  # copy out the model, the sample, metrics.json
+    ]
+    return {name: round(end - start, 2) for name, start, end in marks if start is not None and end is not None}
+
+
+def finalize(prepared: PreparedRun, result, use_gpu: bool, clock: dict[str, float]) -> dict:
     cfg = prepared.cfg
     output = Path(cfg.output)
     model_dir = output / "model"
@@ -153,7 +177,7 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) 
                 with atomic_directory(target) as staging:
                     shutil.copytree(Path(ckpt_dir) / source, staging, dirs_exist_ok=True)
                     save_tokenizer(prepared.tokenizer, staging)
-    metrics = summarize(prepared, state, use_gpu, wall_seconds)
+    metrics = summarize(prepared, state, use_gpu, clock["fitted"] - clock["started"])
     metrics["checkpoint"] = result.checkpoint.path
     if cfg.sample_prompt:
         from transformers import AutoModelForCausalLM
@@ -169,6 +193,16 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, wall_seconds: float) 
             ),
         }
         metrics["parameters"] = count_parameters(model)
+    clock["finished"] = time.time()
+    phases = metrics["phase_seconds"] = phase_seconds(clock, state.timeline)
+    metrics["fixed_seconds"] = round(clock["finished"] - clock["started"] - phases.get("training", 0.0), 2)
+    log.info(
+        "wall time %.1f s: training %.1f s, fixed cost %.1f s (%s)",
+        clock["finished"] - clock["started"],
+        phases.get("training", 0.0),
+        metrics["fixed_seconds"],
+        ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items() if name != "training"),
+    )
     atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(output / "run_config.yaml", to_yaml(cfg))
     return metrics

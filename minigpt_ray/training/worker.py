@@ -56,6 +56,7 @@ class LoopContext:
 
 
 def train_loop_per_worker(config: WorkerConfig) -> None:
+    entered = time.time()
     import deepspeed
 
     wu.setup_worker_logging()
@@ -84,6 +85,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         model=model, model_parameters=param_groups(model, config.train.weight_decay), config=config.deepspeed
     )
     state = _resume(engine, rank)
+    state.timeline = {"entered": entered, "engine_ready": time.time()}
     _record_placement(state, rank, world)
     _record_build(state, engine, partitioned, fused, config.train.compile)
     loop = LoopContext(
@@ -184,6 +186,7 @@ def _train_steps(loop: LoopContext) -> None:
         ray.train.get_dataset_shard("train"), train.micro_batch_size, seed=train.seed + state.step
     )
     window = wu.Window()
+    state.timeline["loop_start"] = time.time()
     # Steady-state throughput skips the first steps after (re)start: allocation, data pipeline start, lazy init.
     steady = wu.Steady(from_step=state.step + STEADY_AFTER_STEPS)
     engine.train()
@@ -217,6 +220,7 @@ def _train_steps(loop: LoopContext) -> None:
         if loop.config.fault:
             loop.config.fault.maybe_crash(state.step, loop.rank)
         _after_step(loop, window)
+    state.timeline["loop_done"] = time.time()
 
 
 def _after_step(loop: LoopContext, window: wu.Window) -> None:

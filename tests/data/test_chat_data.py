@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from minigpt_ray.config import ConfigError, CorpusConfig
 from minigpt_ray.data.chat import chat_segments, chat_token_ids
-from minigpt_ray.data.corpora import Document, source_documents
-from minigpt_ray.data.packing import IGNORE_INDEX, pack_splits
+from minigpt_ray.data.corpora import CONTINUE_REQUEST, Document, source_documents, split_documents
+from minigpt_ray.data.packing import IGNORE_INDEX, pack_conversations, pack_splits
 from minigpt_ray.modeling.loss import fused_causal_lm_loss
 from minigpt_ray.modeling.tokenizer import train_bpe
 
@@ -53,6 +53,20 @@ def test_packed_labels_mask_everything_but_the_replies(tokenizer):
     assert np.array_equal(labels[kept], ids[kept]) and 0 < kept.mean() < 0.5
     text_ids = tokenizer("今天天气不错。" * 3, add_special_tokens=False)["input_ids"]
     assert np.isin(text_ids, ids[kept]).all()  # plain text documents are trained whole
+
+
+def test_a_conversation_that_fits_a_block_never_straddles_two():
+    conversations = [[10 + i] * n for i, n in enumerate([5, 4, 6, 3, 7, 2])]
+    labels = [[-100] * (len(c) - 1) + [c[0]] for c in conversations]  # the reply: each conversation's last token
+    blocks = pack_conversations(conversations, labels, [True] * 6, block_size=8, pad_id=0)
+    ids, trained = blocks[:, 0], blocks[:, 1]
+    for index in range(len(conversations)):
+        rows = {row for row, _ in zip(*np.nonzero(ids == 10 + index), strict=True)}
+        assert len(rows) == 1, f"conversation {index} is cut across blocks {rows}"
+    assert set(trained[ids == 0].tolist()) == {-100}  # the padding is never trained
+    assert sorted(trained[trained != -100].tolist()) == [10, 11, 12, 13, 14, 15]  # every reply kept
+    long_one = pack_conversations([[7] * 20, [8] * 3], [[7] * 20, [8] * 3], [False, True], 8, 0)
+    assert (long_one[:, 0] == 7).sum() == 20 and long_one.shape == (3, 2, 8)  # longer than a block: split
 
 
 def test_no_loss_on_system_and_user_tokens(tokenizer):
@@ -96,3 +110,15 @@ def test_the_built_in_instruction_set_holds_both_tasks():
     answers = {d.messages[-1][1] for d in docs}
     assert {"正面", "负面"} <= answers and len(answers) > 2  # sentiment labels and review continuations
     assert all(d.messages[0][0] == "user" and d.messages[-1][0] == "assistant" for d in docs)
+
+
+def test_both_tasks_made_from_one_review_land_in_the_same_split():
+    docs = source_documents("zh-instruct", max_chars=200_000)
+    sentiment = sum(d.messages[-1][1] in ("正面", "负面") for d in docs)
+    assert sentiment > (len(docs) - sentiment) * 1.5  # every review asked for its sentiment, every other continued
+    train, val = split_documents(docs, 0.2)
+    held_out_keys = {d.split_key for d in val}
+    assert val and all(d.split_key for d in docs)
+    assert not any(d.split_key in held_out_keys for d in train)
+    continued = [d for d in val if d.messages[0][1].startswith(CONTINUE_REQUEST)]
+    assert continued and all(d.split_key in d.messages[0][1] + d.messages[1][1] for d in continued)

@@ -43,6 +43,12 @@ def test_zero2_bf16_mixed_compiled_loss_goes_down_and_outputs_are_complete(ray_c
     assert not list(output.glob(".model.*"))  # no staging directory left behind
     assert metrics["weight_decay_groups"] == [0.1, 0.0]  # DeepSpeed built AdamW with decay only on >= 2-D weights
     _check_tensorboard(output / "tensorboard", steps=30)
+    phases = metrics["phase_seconds"]  # where the wall time went, every phase present and in order
+    assert list(phases) == [
+        "prepare", "checks", "workers_start", "engine_build", "first_eval", "training", "final_save", "finish"
+    ]  # fmt: skip
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["training"] >= metrics["train_seconds"]
+    assert metrics["fixed_seconds"] == pytest.approx(sum(phases.values()) - phases["training"], abs=0.1)
 
 
 def _check_tensorboard(logdir: Path, steps: int) -> None:
