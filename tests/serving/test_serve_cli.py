@@ -93,6 +93,11 @@ def test_embedded_run_serves_until_ctrl_c_and_the_ingress_cuts_a_hung_request(ti
             f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "中国", "max_tokens": 4}, timeout=60
         )
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+        # HAProxy reloads once the replica joins its backend; a request in flight across that reload is dropped
+        # (a 500 that says nothing about timeouts), so the hanging one waits for it.
+        while not _haproxy_reloaded_with_replica((tmp_path / "serve.log").read_text()):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
         sent = time.time()
         hung = requests.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "HANG"}, timeout=60)
         # Cut by Serve's request timeout (408) or HAProxy's server timeout (504), not left hanging.
@@ -113,6 +118,12 @@ def test_embedded_run_serves_until_ctrl_c_and_the_ingress_cuts_a_hung_request(ti
         with contextlib.suppress(ProcessLookupError):  # the embedded Ray's processes, if any outlived the driver
             os.killpg(proc.pid, signal.SIGKILL)
     assert "serving" in (tmp_path / "serve.log").read_text()
+
+
+def _haproxy_reloaded_with_replica(log: str) -> bool:
+    """The log shows HAProxy reloaded after its backend got a replica's server."""
+    joined = log.find("servers=[ServerConfig(")
+    return joined >= 0 and "Successfully performed graceful HAProxy reload" in log[joined:]
 
 
 def test_shipped_serve_config_files_parse_and_build(tiny_zh_model):
