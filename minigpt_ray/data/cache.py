@@ -76,6 +76,22 @@ class DiskCache:
     def __init__(self, root: Path, disabled: bool = False):
         self.root, self.disabled = root, disabled
 
+    @classmethod
+    def from_settings(cls, cache_dir: str, no_cache: bool) -> DiskCache:
+        """The cache `data.cache_dir` / `data.no_cache` name."""
+        return cls(cache_root(cache_dir), disabled=no_cache)
+
+    def fetch(self, kind: str, key_of: Callable[[], str], read, build, write) -> tuple[object, str]:
+        """(the entry of `key_of()` read by `read(directory)`, "hit"), else (`build()`, the reason it was built:
+        "miss", "rebuilt" or "off"), stored through `write(value, directory)`. The key is computed only when the
+        cache is on."""
+        key = "" if self.disabled else key_of()
+        value, status = self.load(kind, key, read)
+        if value is None:
+            value = build()
+            self.store(kind, key, lambda directory: write(value, directory))
+        return value, status
+
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
@@ -141,7 +157,8 @@ def read_packed(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     return train, val, json.loads((path / "stats.json").read_text())
 
 
-def write_packed(path: Path, train: np.ndarray, val: np.ndarray, stats: dict) -> None:
-    np.save(path / "train.npy", train)
-    np.save(path / "val.npy", val)
-    (path / "stats.json").write_text(json.dumps(stats))
+def write_packed(packed, path: Path) -> None:
+    """A `PackedData`'s blocks and stats into `path` (what `read_packed` reads back)."""
+    np.save(path / "train.npy", packed.train)
+    np.save(path / "val.npy", packed.val)
+    (path / "stats.json").write_text(json.dumps(packed.stats))

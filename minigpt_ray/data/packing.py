@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 
 from minigpt_ray.config import ConfigError, CorpusConfig
-from minigpt_ray.data.cache import DiskCache, cache_root, packed_key, read_packed, write_packed
+from minigpt_ray.data.cache import DiskCache, packed_key, read_packed, write_packed
 from minigpt_ray.data.chat import chat_token_ids
 from minigpt_ray.data.corpora import Document, load_documents, split_documents
 
@@ -119,14 +119,14 @@ def prepare_data(cfg: CorpusConfig, tokenizer, documents: list[Document] | None 
 def pack_splits(cfg: CorpusConfig, tokenizer, train_docs: list[Document], val_docs: list[Document]) -> PackedData:
     """Tokenize and pack both splits, or reuse the blocks a run with the same documents, tokenizer and block size
     packed before (unless cfg.no_cache). Raises ConfigError when a split has less than one block."""
-    cache = DiskCache(cache_root(cfg.cache_dir), disabled=cfg.no_cache)
-    key = "" if cfg.no_cache else packed_key(train_docs, val_docs, tokenizer, cfg.block_size)
-    cached, status = cache.load("packed", key, read_packed)
-    if cached is not None:
-        return PackedData(*cached, cache=status)
-    data = _pack_both(cfg, tokenizer, train_docs, val_docs)
+    data, status = DiskCache.from_settings(cfg.cache_dir, cfg.no_cache).fetch(
+        "packed",
+        lambda: packed_key(train_docs, val_docs, tokenizer, cfg.block_size),
+        lambda path: PackedData(*read_packed(path)),
+        lambda: _pack_both(cfg, tokenizer, train_docs, val_docs),
+        write_packed,
+    )
     data.cache = status
-    cache.store("packed", key, lambda path: write_packed(path, data.train, data.val, data.stats))
     return data
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import PretrainedConfig
 
 from minigpt_ray.config import ConfigError, TrainConfig, TrainJobConfig
-from minigpt_ray.data.cache import DiskCache, cache_root, tokenizer_key
+from minigpt_ray.data.cache import DiskCache, tokenizer_key
 from minigpt_ray.data.corpora import load_documents, split_documents
 from minigpt_ray.data.packing import PackedData, pack_splits, shuffled_blocks
 from minigpt_ray.faults import WorkerFault, nan_step
@@ -178,10 +178,10 @@ def _preset_tokenizer(cfg: TrainJobConfig, train_texts: list[str]) -> tuple[obje
     if saved.is_dir():  # a resumed run must keep the token ids its checkpoints were trained with
         return load_tokenizer(str(saved)), "resumed"
     texts = sample_texts(train_texts, cfg.model.tokenizer_train_chars, cfg.train.seed)
-    cache = DiskCache(cache_root(cfg.data.cache_dir), disabled=cfg.data.no_cache)
-    key = "" if cfg.data.no_cache else tokenizer_key(texts, vocab_size, CHAT_TEMPLATE)
-    tokenizer, status = cache.load("tokenizer", key, lambda path: load_tokenizer(str(path)))
-    if tokenizer is None:
-        tokenizer = train_bpe(texts, vocab_size)
-        cache.store("tokenizer", key, lambda path: save_tokenizer(tokenizer, path))
-    return tokenizer, status
+    return DiskCache.from_settings(cfg.data.cache_dir, cfg.data.no_cache).fetch(
+        "tokenizer",
+        lambda: tokenizer_key(texts, vocab_size, CHAT_TEMPLATE),
+        lambda path: load_tokenizer(str(path)),
+        lambda: train_bpe(texts, vocab_size),
+        save_tokenizer,
+    )
