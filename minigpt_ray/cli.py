@@ -57,6 +57,7 @@ SERVE_DOC = """Serve a model directory as an OpenAI-compatible, autoscaling HTTP
 
 Then: curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "minigpt", "prompt": "今天天气", "max_tokens": 32}'
+      a browser at http://127.0.0.1:8000/ (playground) and /runs (Pareto front, loss curves, samples)
       serve status          # replicas and health;   serve shutdown -y   # remove the app"""
 
 EXPORT_DOC = """Export a model directory to GGUF for llama.cpp, Ollama and other GGUF runtimes.
@@ -150,6 +151,7 @@ def run_serve(cfg: ServeJobConfig) -> int:
         '-d \'{"prompt": "今天天气", "max_tokens": 32}\'',
         url,
     )
+    log.info("playground: %s/ in a browser (the runs page: %s/runs)", url, url)
     if on_cluster(cfg.ray_address):
         log.info("deployed on the cluster; `serve status` shows it, `serve shutdown -y` removes it")
         return 0
@@ -191,7 +193,8 @@ def run_pipeline_job(args: argparse.Namespace) -> int:
     log.info("report: %s", state["report"])
     if "serve" not in plan.stages:
         return 0
-    log.info("endpoint up: %s/v1/completions", state["stages"]["serve"]["url"])
+    url = state["stages"]["serve"]["url"]
+    log.info("endpoint up: %s/v1/completions; playground: %s/ (in a browser; the runs at %s/runs)", url, url, url)
     if args.no_block or on_cluster(plan.configs["serve"].ray_address):
         return 0
     from minigpt_ray.serving.app import serve_until_interrupted

@@ -93,3 +93,16 @@ def tiny_zh_model(tmp_path_factory, zh_text):
     """train_tiny_model on People's Daily with a 300-token vocabulary: most Chinese characters span 2-3 byte
     tokens, so streaming must hold incomplete characters back."""
     return train_tiny_model(zh_text.split("\n"), tmp_path_factory.mktemp("tiny_zh") / "model", vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session's browser tests (a missing browser fails them, never skips them)."""
+    from browser import start_chromium
+
+    try:
+        driver = start_chromium()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    yield driver
+    driver.quit()

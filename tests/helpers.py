@@ -66,3 +66,49 @@ def train_tiny_model(texts: list[str], directory: Path, vocab_size: int = 512, s
     save_tokenizer(tokenizer, directory)
     data = CalibrationData(eval_blocks=val[:24], calib_blocks=train[:8], train_blocks=train, prompt_ids=val[:1, :8])
     return {"dir": str(directory), "data": data}
+
+
+TRAIN = {
+    "num_workers": 2,
+    "micro_batch_size": 8,
+    "warmup_steps": 1,
+    "eval_every": 4,
+    "eval_batches": 2,
+    "checkpoint_every": 8,
+    "log_every": 2,
+}
+
+
+def tiny_pipeline(output: Path, port: int, corpus: str = "shakespeare") -> dict:
+    data = {"sources": [corpus], "max_chars_per_source": 100_000, "block_size": 64, "val_fraction": 0.05}
+    return {
+        "output": str(output),
+        "stages": ["pretrain", "finetune", "sft", "sweep", "serve"],
+        "prompts": ["ROMEO:"],
+        "pretrain": {
+            "sample_prompt": "",
+            "model": {"name": "gpt-nano", "vocab_size": 512, "tokenizer_train_chars": 100_000},
+            "data": data,
+            "train": dict(TRAIN, max_steps=8, lr=3e-3),
+        },
+        # ZeRO-3 here: from_pretrained loads the pretrained directory straight into zero.Init partitions
+        "finetune": {"sample_prompt": "", "data": data, "train": dict(TRAIN, max_steps=4, lr=1e-3, zero_stage=3)},
+        "sft": {  # LoRA on the built-in chat set (the sft defaults) with a smaller rank and a slice of it
+            "sample_prompt": "",
+            "data": {"max_chars_per_source": 30_000, "block_size": 64, "val_fraction": 0.05},
+            "lora": {"r": 4},
+            "train": dict(TRAIN, max_steps=4, lr=1e-2),
+        },
+        "sweep": {
+            "data": data,
+            "measure": {"eval_blocks": 8, "calib_blocks": 4, "decode_tokens": 4},
+            "search": {
+                "algorithm": "grid",
+                "methods": ["none"],
+                "quants": ["none", "int8-weight"],
+                "student_layers": [0, 2],  # and students of half the fine-tuned model's depth
+                "distill_steps": [10],
+            },
+        },
+        "serve": {"port": port, "app_name": "pipeline", "scaling": {"max_replicas": 1, "cpus_per_replica": 0.5}},
+    }

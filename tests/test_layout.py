@@ -12,7 +12,7 @@ from helpers import REPO
 PACKAGE = REPO / "minigpt_ray"
 # A module may import from its own package and from packages of a lower rank, never from a higher or equal one.
 RANKS = {
-    "config": 0, "logs": 0, "outputs": 0, "faults": 0, "__init__": 0,
+    "config": 0, "logs": 0, "outputs": 0, "faults": 0, "web": 0, "__init__": 0,
     "modeling": 1, "data": 1,
     "compress": 2, "cluster": 2,
     "export": 3,

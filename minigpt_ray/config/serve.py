@@ -102,6 +102,10 @@ class ServeJobConfig:
     api_key: str = ""
     """When set (or $MINIGPT_API_KEY), every route but /health requires `Authorization: Bearer <key>` (401
     otherwise). Never printed or logged."""
+    runs_dir: str = ""
+    """Run directory whose results the browser page /runs shows: a pipeline output, a sweep output or a training
+    output (what they wrote: pipeline_state.json, pareto.json, metrics.json). Default: found from `model` when it
+    sits in a sweep output (winner/ beside pareto.json), else none."""
     scaling: ReplicaScalingConfig = field(default_factory=ReplicaScalingConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -116,6 +120,15 @@ class ServeJobConfig:
         import os
 
         return self.api_key or os.environ.get("MINIGPT_API_KEY", "")
+
+    def resolved_runs_dir(self) -> str:
+        """The runs page's directory: the setting, else the pipeline or sweep output `model` lies in, else ""."""
+        if self.runs_dir:
+            return self.runs_dir
+        sweep = Path(self.model).resolve().parent
+        if not (sweep / "pareto.json").is_file():
+            return ""
+        return str(sweep.parent if (sweep.parent / "pipeline_state.json").is_file() else sweep)
 
 
 def serving_runtime(cfg: ServeJobConfig) -> str:
@@ -133,6 +146,8 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
     directory = Path(cfg.model)
     if not directory.is_dir():
         raise ConfigError(f"model: directory {cfg.model} does not exist")
+    if cfg.runs_dir and not Path(cfg.runs_dir).is_dir():
+        raise ConfigError(f"runs_dir: directory {cfg.runs_dir} does not exist")
     if serving_runtime(cfg) == "torch":
         if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
             _check_adapter(directory, cfg.model)

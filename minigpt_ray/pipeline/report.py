@@ -12,6 +12,7 @@ from pathlib import Path
 
 from minigpt_ray.outputs import atomic_write_text
 from minigpt_ray.sweep.pareto import best_student, served, served_lines
+from minigpt_ray.web.pages import runs_data, runs_page
 
 
 def plot_losses(metrics: dict, title: str, path: Path) -> None:
@@ -158,7 +159,8 @@ def _endpoint_section(url: str, model_name: str, prompt: str) -> list[str]:
 
 
 def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], endpoint: dict | None) -> Path:
-    """<output>/report/report.md and its PNGs. `state` is the pipeline state (stage times, resources, results)."""
+    """<output>/report/report.md and its PNGs, and report.html (the runs page, self-contained: opens from disk).
+    `state` is the pipeline state (stage times, resources, results)."""
     report = output / "report"
     report.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -205,4 +207,5 @@ def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], 
         lines += _endpoint_section(endpoint["url"], endpoint["model_name"], endpoint["prompt"])
     path = report / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(report / "report.html", runs_page(runs_data(output)))
     return path

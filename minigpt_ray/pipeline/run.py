@@ -100,6 +100,8 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
         cfg = _stage_config(stage, section, cls)
         if cls is not ServeJobConfig:
             cfg.output = str(output / stage)
+        elif "runs_dir" not in section:  # the served app's /runs page shows this pipeline
+            cfg.runs_dir = str(output)
         default_model = models[stage]
         if default_model is not None and not _model_given(stage, section):
             _set_model(cfg, str(default_model))
@@ -194,7 +196,8 @@ def _run_stage(stage: str, cfg) -> tuple[str, dict]:
     check_serve_model(cfg)
     url = deploy(cfg)
     runtime = serving_runtime(cfg)
-    return f"serving {cfg.model_name!r} ({runtime}) at {url}/v1/completions", {"url": url, "runtime": runtime}
+    summary = f"serving {cfg.model_name!r} ({runtime}) at {url}/v1/completions, playground at {url}/"
+    return summary, {"url": url, "runtime": runtime}
 
 
 def run_pipeline(plan: PipelinePlan) -> dict:
@@ -271,4 +274,6 @@ def _student_dir(pareto_file: Path) -> Path | None:
 def write_pipeline_report(plan: PipelinePlan, state: dict, endpoint: dict | None) -> Path:
     from minigpt_ray.pipeline.report import write_report
 
-    return write_report(plan.output, state, _samples(plan), endpoint)
+    state["samples"] = _samples(plan)  # kept in the state: the served /runs page shows them too
+    atomic_write_text(plan.output / STATE_FILE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
+    return write_report(plan.output, state, state["samples"], endpoint)

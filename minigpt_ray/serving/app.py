@@ -1,6 +1,7 @@
 """Ray Serve app: an autoscaling, OpenAI-compatible completion endpoint for a model directory.
 
-Routes: POST /v1/completions (JSON or SSE stream), GET /v1/models, GET /health. Each replica decodes with PyTorch
+Routes: POST /v1/completions and /v1/chat/completions (JSON or SSE stream), GET /v1/models, GET /health, and two
+browser pages: the playground at / and the runs page at /runs (`minigpt_ray.web`). Each replica decodes with PyTorch
 or, for a directory with a GGUF file, llama.cpp (`ServeJobConfig.runtime`). Concurrent requests on a replica are
 decoded together with continuous batching (`engine`: requests join and leave a running batch between decode
 steps). Validation lives in `openai_api`, decoding in `generation`/`llamacpp`/`engine`; this module only wires
@@ -10,6 +11,7 @@ them to Serve and FastAPI.
 import asyncio
 import contextlib
 import dataclasses
+import html
 import json
 import os
 import time
@@ -19,7 +21,7 @@ import ray
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve import metrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,8 +35,10 @@ from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.model import max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.serving.chat import CHAT, COMPLETION, ReplyShape, parse_chat
+from minigpt_ray.serving.describe import ReplicaCount, model_facts
 from minigpt_ray.serving.engine import DecodeEngine
 from minigpt_ray.serving.openai_api import STREAM_DONE, ApiError, ParsedCompletion, decode_body, parse_completion
+from minigpt_ray.web.pages import has_runs, json_safe, playground_page, runs_data, runs_page
 
 log = get_logger()
 
@@ -84,10 +88,10 @@ class CompletionServer:
     def __init__(self, cfg: ServeJobConfig):
         threads = max(1, int(cfg.scaling.cpus_per_replica))
         torch.set_num_threads(threads)
-        self.runtime = serving_runtime(cfg)
+        self.runtime, gguf_path = serving_runtime(cfg), None
         if self.runtime == "llama.cpp":
-            self.tokenizer = load_tokenizer(cfg.model)
-            self.model = LlamaCppModel(_gguf_file(cfg.model), cfg.batching.max_batch_size, threads)
+            self.tokenizer, gguf_path = load_tokenizer(cfg.model), _gguf_file(cfg.model)
+            self.model = LlamaCppModel(gguf_path, cfg.batching.max_batch_size, threads)
             self.device, self.context_window = "cpu", self.model.context
         else:
             self.model, self.tokenizer = load_model_dir(cfg.model)
@@ -95,6 +99,10 @@ class CompletionServer:
             self.model.to(self.device)
             self.context_window = max_positions(self.model.config) or None
         self.name, self.timeout, self.limits = cfg.model_name, cfg.limits.request_timeout_s, cfg.limits
+        self.facts = model_facts(cfg.model, self.runtime, gguf_path) | {
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None))
+        }
+        self.replicas, self.runs_dir = ReplicaCount(), cfg.runs_dir
         self.hang_prompt = hang_prompt()  # None in every normal run (MINIGPT_RAY_FAULT, read once)
         self.api_key, self.max_queued = cfg.api_key, cfg.batching.max_queued_requests
         b = cfg.batching
@@ -130,6 +138,8 @@ class CompletionServer:
             "runtime": self.runtime,
             "device": str(self.device),
             "peak_rss_mb": round(peak_rss_mb, 1),
+            **self.facts,
+            "replicas": self.replicas.get(),
             "ingress": ingress_mode(),
             "node_id": ray.get_runtime_context().get_node_id(),  # which node's replica answered
         }
@@ -147,6 +157,30 @@ class CompletionServer:
         if hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
             return None
         return self._error(ApiError(401, "authorization: missing or wrong API key", None, "invalid_api_key"))
+
+    @api.get("/", response_class=HTMLResponse)
+    async def playground(self, request: Request):
+        """The playground page (open: it holds no data; it asks for the API key when the API wants one)."""
+        return HTMLResponse(playground_page(request.scope.get("root_path", "")))
+
+    @api.get("/runs", response_class=HTMLResponse)
+    async def runs(self, request: Request):
+        """The runs page, its data inlined (without a key configured) or fetched from /runs/data.json with it."""
+        base = request.scope.get("root_path", "")
+        if not self.runs_dir or not has_runs(self.runs_dir):
+            missing = f"{self.runs_dir} has no results yet" if self.runs_dir else "no run directory configured"
+            note = f"<!doctype html><p>{html.escape(missing)} (serve with --runs-dir DIR).</p>"
+            return HTMLResponse(note, status_code=404)
+        data = {"needs_key": True, "base": base} if self.api_key else runs_data(self.runs_dir, base)
+        return HTMLResponse(runs_page(data))
+
+    @api.get("/runs/data.json")
+    async def runs_json(self, request: Request):
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
+        if not self.runs_dir:
+            return self._error(ApiError(404, "runs: no run directory configured (--runs-dir)", None, "not_found"))
+        return json_safe(runs_data(self.runs_dir, request.scope.get("root_path", "")))
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -275,7 +309,13 @@ class CompletionServer:
 def build_app(cfg: ServeJobConfig):
     """The Serve application for a validated config (the model path made absolute: replicas may run elsewhere)."""
     s = cfg.scaling
-    cfg = dataclasses.replace(cfg, model=str(Path(cfg.model).resolve()), api_key=cfg.resolved_api_key())
+    runs_dir = cfg.resolved_runs_dir()
+    cfg = dataclasses.replace(
+        cfg,
+        model=str(Path(cfg.model).resolve()),
+        api_key=cfg.resolved_api_key(),
+        runs_dir=str(Path(runs_dir).resolve()) if runs_dir else "",
+    )
     deployment = CompletionServer.options(
         autoscaling_config={
             "min_replicas": s.min_replicas,
