@@ -29,9 +29,13 @@ def start_chromium():
 
 
 def wait_for(driver, condition, timeout: float = 60.0, message: str = ""):
+    """Poll `condition(driver)` until truthy. An element the page replaced while it was read (the model panel is
+    redrawn whole) counts as not yet, like one not there yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, message)
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException])
+    return waiting.until(condition, message)
 
 
 def page_load_ms(driver) -> float:

@@ -145,8 +145,11 @@ def _text(driver, css: str) -> str:
 
 
 def _panel(driver) -> dict[str, str]:
-    cells = driver.find_elements(By.CSS_SELECTOR, "#model-panel dd")
-    return {cell.get_attribute("data-field"): cell.text for cell in cells}
+    """The model panel's fields, read in one script call (the page redraws the panel whole)."""
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#model-panel dd')]"
+        ".map((dd) => [dd.dataset.field, dd.textContent]))"
+    )
 
 
 def _generate(driver, prompt: str, max_tokens: str) -> None:

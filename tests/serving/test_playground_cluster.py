@@ -33,11 +33,11 @@ def keyed_app(tiny_zh_model, tmp_path_factory):
     cfg.scaling.max_replicas, cfg.scaling.cpus_per_replica = 1, 0.5
     cfg.limits.max_prompt_tokens, cfg.limits.max_new_tokens = 128, 32
     yield deploy(cfg.validate())
-    serve.delete("keyed")
+    serve.shutdown()  # the next module's app starts Serve afresh, on its own port
 
 
 def _panel_model(driver) -> str:
-    return driver.find_element(By.CSS_SELECTOR, '#model-panel dd[data-field="model"]').text
+    return driver.execute_script("return document.querySelector('#model-panel dd[data-field=\"model\"]')?.textContent")
 
 
 def test_the_page_asks_for_the_key_keeps_it_in_the_tab_and_chats(keyed_app, browser):

