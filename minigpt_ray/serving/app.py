@@ -139,7 +139,8 @@ class CompletionServer:
             "device": str(self.device),
             "peak_rss_mb": round(peak_rss_mb, 1),
             **self.facts,
-            "replicas": self.replicas.get(),
+            # serve.status() is a blocking call to the controller: off the event loop that streams the replies
+            "replicas": await asyncio.to_thread(self.replicas.get),
             "ingress": ingress_mode(),
             "node_id": ray.get_runtime_context().get_node_id(),  # which node's replica answered
         }
@@ -171,7 +172,11 @@ class CompletionServer:
             missing = f"{self.runs_dir} has no results yet" if self.runs_dir else "no run directory configured"
             note = f"<!doctype html><p>{html.escape(missing)} (serve with --runs-dir DIR).</p>"
             return HTMLResponse(note, status_code=404)
-        data = {"needs_key": True, "base": base} if self.api_key else runs_data(self.runs_dir, base)
+        data = (
+            {"needs_key": True, "base": base}
+            if self.api_key
+            else await asyncio.to_thread(runs_data, self.runs_dir, base)
+        )
         return HTMLResponse(runs_page(data))
 
     @api.get("/runs/data.json")
@@ -180,7 +185,8 @@ class CompletionServer:
             return refused
         if not self.runs_dir:
             return self._error(ApiError(404, "runs: no run directory configured (--runs-dir)", None, "not_found"))
-        return json_safe(runs_data(self.runs_dir, request.scope.get("root_path", "")))
+        data = await asyncio.to_thread(runs_data, self.runs_dir, request.scope.get("root_path", ""))
+        return json_safe(data)
 
     @api.get("/v1/models")
     async def models(self, request: Request):

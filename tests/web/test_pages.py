@@ -7,7 +7,10 @@ import json
 import math
 import re
 
-from minigpt_ray.config import ServeJobConfig
+import pytest
+
+from minigpt_ray.config import ConfigError, ServeJobConfig
+from minigpt_ray.config.serve import check_serve_model
 from minigpt_ray.web.pages import has_runs, playground_page, runs_data, runs_page
 
 
@@ -67,11 +70,6 @@ def test_the_runs_directory_is_found_from_a_served_sweep_winner(tmp_path):
 
 
 def test_a_missing_runs_dir_is_named(tmp_path):
-    import pytest
-
-    from minigpt_ray.config import ConfigError
-    from minigpt_ray.config.serve import check_serve_model
-
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"^runs_dir: directory .*nope does not exist"):
