@@ -113,16 +113,28 @@ def _search_setup(cfg: SweepJobConfig, specs: list[CandidateSpec]):
     choices = search_choices(s)
     space = {key: tune.choice(values or [0]) for key, values in choices.items()}
     sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, s.num_samples // 3)))
-    # A student costs more than a pruned copy and might never be drawn in a short search: the first trial is one.
-    students = [layers for layers in s.student_layers if layers]
-    first = [{k: (v or [0])[0] for k, v in choices.items()} | {"student_layers": students[0]}] if students else None
     searcher = OptunaSearch(
         metric=list(s.objectives),
         mode=[OBJECTIVE_MODES[o] for o in s.objectives],
         sampler=sampler,
-        points_to_evaluate=first,
+        points_to_evaluate=seed_points(choices),
     )
     return space, searcher, s.num_samples
+
+
+def seed_points(choices: dict[str, list]) -> list[dict] | None:
+    """The points a search tries first, each the first choice of every field but one: a student (it costs more
+    than a pruned copy, so a short search might never draw one) and the strongest weight-only quantization alone
+    (the largest cut in bytes that usually keeps quality, so a short search always has it to compare against)."""
+    first = {key: (values or [0])[0] for key, values in choices.items()}
+    points = []
+    students = [layers for layers in choices["student_layers"] if layers]
+    if students:
+        points.append(first | {"student_layers": students[0]})
+    quants = [quant for quant in choices["quant"] if quant != "none"]
+    if quants and first["quant"] == "none":
+        points.append(first | {"quant": "int4-weight" if "int4-weight" in quants else quants[-1]})
+    return points or None
 
 
 def _flatten_trial(config: dict) -> dict:

@@ -98,3 +98,21 @@ def test_winner_is_judged_as_served_and_can_prefer_speed():
     add_ratios(rows, rows[0])
     assert rows[2]["served_bytes_ratio"] == pytest.approx(0.8 / 4) and rows[2]["served_decode_ratio"] == 9.0
     assert rows[3]["served_bytes_ratio"] == pytest.approx(1.2 / 4) and rows[3]["served_ppl_ratio"] == 1.0
+
+
+def test_a_search_first_tries_a_student_and_the_strongest_weight_only_quantization_alone():
+    from minigpt_ray.config import SweepJobConfig
+    from minigpt_ray.config.sweep import search_choices
+    from minigpt_ray.sweep.tuner import seed_points
+
+    search = SweepJobConfig().search
+    search.methods, search.quants, search.student_layers = (
+        ["none", "wanda"],
+        ["none", "int4-weight", "int8-weight"],
+        [0, 2],
+    )
+    student, quantized = seed_points(search_choices(search))
+    assert (student["student_layers"], student["method"], student["quant"]) == (2, "none", "none")
+    assert (quantized["student_layers"], quantized["method"], quantized["quant"]) == (0, "none", "int4-weight")
+    search.quants, search.student_layers = ["none"], [0]
+    assert seed_points(search_choices(search)) is None  # nothing to seed: the sampler draws every point

@@ -109,6 +109,7 @@ def test_optuna_nsga2_sweep_runs_the_requested_trials(tiny_trained, tmp_path):
     report = check_front(tmp_path / "optuna", SERVED)
     assert {r["method"] for r in report["trials"][1:]} <= {"magnitude", "wanda"}
     assert "1" in {r["student_layers"] for r in rows}  # the search always tries a student (its first point)
+    assert any(r["quant"] == "int4-weight" and r["student_layers"] in ("", "0") for r in rows)  # and int4 alone
 
 
 def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):
