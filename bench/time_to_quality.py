@@ -42,14 +42,14 @@ class Candidate(NamedTuple):
     preset: str = "gpt-nano"
 
 
-CANDIDATES = {
+CANDIDATES: dict[str, Candidate | None] = {
     "previous": Candidate(Budget(300, 3e-3, 16, 50, 100), Budget(100, 1e-3, 16, 25, 50)),
     "ft-lr": Candidate(Budget(300, 3e-3, 16, 150, 150), Budget(100, 3e-3, 16, 50, 50)),
     "balanced": Candidate(Budget(250, 4e-3, 16, 125, 125), Budget(200, 3e-3, 16, 100, 100)),
     "long-ft": Candidate(Budget(150, 4e-3, 16, 75, 75), Budget(300, 3e-3, 16, 150, 150)),
     "high-lr": Candidate(Budget(250, 8e-3, 16, 125, 125), Budget(200, 4e-3, 16, 100, 100)),
     "gpt-micro": Candidate(Budget(250, 3e-3, 16, 125, 125), Budget(200, 2e-3, 16, 100, 100), "gpt-micro"),
-    "quickstart": Candidate(Budget(500, 4e-3, 8, 250, 250), Budget(400, 3e-3, 8, 200, 200)),
+    "quickstart": None,  # configs/pipeline.yaml as it stands (500 + 400 steps at micro-batch 8, lr 4e-3 / 3e-3)
     "ft-heavy": Candidate(Budget(250, 4e-3, 8, 125, 125), Budget(550, 3e-3, 8, 275, 275)),
     "ft-heavy-hi": Candidate(Budget(250, 6e-3, 8, 125, 125), Budget(550, 4e-3, 8, 275, 275)),
     "more-ft": Candidate(Budget(450, 4e-3, 8, 225, 225), Budget(500, 3e-3, 8, 250, 250)),
@@ -60,15 +60,17 @@ CANDIDATES = {
 def stage_configs(name: str, output: Path):
     candidate = CANDIDATES[name]
     values = yaml.safe_load((ROOT / "configs" / "pipeline.yaml").read_text(encoding="utf-8"))
-    values["pretrain"]["model"]["name"] = candidate.preset  # vocab_size stays 4096: the same tokenizer throughout
+    if candidate:  # vocab_size stays 4096 whatever the preset: the same tokenizer throughout
+        values["pretrain"]["model"]["name"] = candidate.preset
     plan = plan_pipeline(values, output=str(output), stages=["pretrain", "finetune"])
     pretrain, finetune = plan.configs["pretrain"], plan.configs["finetune"]
-    for cfg, budget in ((pretrain, candidate.pretrain), (finetune, candidate.finetune)):
-        t = cfg.train
-        t.max_steps, t.lr, t.warmup_steps = budget.steps, budget.lr, budget.steps // 10
-        t.micro_batch_size, t.eval_every = budget.micro_batch, budget.eval_every
-        t.checkpoint_every = budget.checkpoint_every
+    for cfg, budget in ((pretrain, candidate and candidate.pretrain), (finetune, candidate and candidate.finetune)):
         cfg.sample_prompt = ""
+        if budget:
+            t = cfg.train
+            t.max_steps, t.lr, t.warmup_steps = budget.steps, budget.lr, budget.steps // 10
+            t.micro_batch_size, t.eval_every = budget.micro_batch, budget.eval_every
+            t.checkpoint_every = budget.checkpoint_every
     return pretrain, finetune
 
 

@@ -122,18 +122,27 @@ def _search_setup(cfg: SweepJobConfig, specs: list[CandidateSpec]):
     return space, searcher, s.num_samples
 
 
+WEIGHT_ONLY_QUANTS = ("int4-weight", "int8-weight")
+"""Weight-only quantizations, strongest first: what a search tries alone before it samples."""
+
+
 def seed_points(choices: dict[str, list]) -> list[dict] | None:
-    """The points a search tries first, each the first choice of every field but one: a student (it costs more
-    than a pruned copy, so a short search might never draw one) and the strongest weight-only quantization alone
-    (the largest cut in bytes that usually keeps quality, so a short search always has it to compare against)."""
+    """The points a search tries first, every other field at its first choice: a student (it costs more than a
+    pruned copy, so a short search might never draw one) and the strongest weight-only quantization of the model
+    itself, unpruned where "none" is a method (the largest cut in bytes that usually keeps quality, so a short search
+    always has it to compare against)."""
     first = {key: (values or [0])[0] for key, values in choices.items()}
     points = []
     students = [layers for layers in choices["student_layers"] if layers]
     if students:
         points.append(first | {"student_layers": students[0]})
-    quants = [quant for quant in choices["quant"] if quant != "none"]
-    if quants and first["quant"] == "none":
-        points.append(first | {"quant": "int4-weight" if "int4-weight" in quants else quants[-1]})
+    quant = next((q for q in WEIGHT_ONLY_QUANTS if q in choices["quant"]), None)
+    if quant and first["quant"] != quant:
+        plain = {
+            "method": "none" if "none" in choices["method"] else first["method"],
+            "student_layers": 0 if 0 in choices["student_layers"] else first["student_layers"],
+        }
+        points.append(first | plain | {"quant": quant})
     return points or None
 
 

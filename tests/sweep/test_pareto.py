@@ -107,12 +107,15 @@ def test_a_search_first_tries_a_student_and_the_strongest_weight_only_quantizati
 
     search = SweepJobConfig().search
     search.methods, search.quants, search.student_layers = (
-        ["none", "wanda"],
-        ["none", "int4-weight", "int8-weight"],
+        ["wanda", "none"],
+        ["none", "int8-weight", "int4-weight"],
         [0, 2],
     )
     student, quantized = seed_points(search_choices(search))
-    assert (student["student_layers"], student["method"], student["quant"]) == (2, "none", "none")
+    assert (student["student_layers"], student["method"], student["quant"]) == (2, "wanda", "none")
     assert (quantized["student_layers"], quantized["method"], quantized["quant"]) == (0, "none", "int4-weight")
-    search.quants, search.student_layers = ["none"], [0]
+    search.quants, search.student_layers = ["none", "int8-dynamic", "int8-weight"], [2, 0]
+    (quantized,) = [p for p in seed_points(search_choices(search)) if p["quant"] != "none"]
+    assert (quantized["student_layers"], quantized["quant"]) == (0, "int8-weight")  # int8-dynamic is not weight-only
+    search.quants, search.student_layers = ["none", "int8-dynamic"], [0]
     assert seed_points(search_choices(search)) is None  # nothing to seed: the sampler draws every point

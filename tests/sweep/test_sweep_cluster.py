@@ -109,7 +109,12 @@ def test_optuna_nsga2_sweep_runs_the_requested_trials(tiny_trained, tmp_path):
     report = check_front(tmp_path / "optuna", SERVED)
     assert {r["method"] for r in report["trials"][1:]} <= {"magnitude", "wanda"}
     assert "1" in {r["student_layers"] for r in rows}  # the search always tries a student (its first point)
-    assert any(r["quant"] == "int4-weight" and r["student_layers"] in ("", "0") for r in rows)  # and int4 alone
+    # and its second point: int4 on the model itself at the first sparsity, pattern and group size of the space
+    seeded = ("magnitude", "0.3", "unstructured", "int4-weight", "32", "0")
+    fields = ("method", "sparsity_setting", "pattern", "quant", "group_size", "student_layers")
+    assert any(tuple(str(r[f] or 0) for f in fields) == seeded for r in rows), [
+        tuple(r[f] for f in fields) for r in rows
+    ]
 
 
 def test_unmet_constraint_writes_reports_but_no_winner(tiny_trained, tmp_path):
