@@ -4,8 +4,11 @@
 # ones. Extra arguments go to pytest (e.g. -m "not cluster" for the fast tier).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser comes from apt and the rest from PyPI (and a compiler): installed side by side.
+bash scripts/setup_browser.sh &
+browser_setup=$!
 bash scripts/setup.sh
-bash scripts/setup_browser.sh
+wait "$browser_setup"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -v --timeout=900 "$@"

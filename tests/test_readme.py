@@ -45,4 +45,6 @@ def test_readme_runnable_blocks_work_as_written(tmp_path, spawns_ray):
         assert done.returncode == 0, f"README block {number} failed:\n{block}\n{log[-4000:]}"
         if "ray job submit" in block:
             assert "succeeded" in log and "ModuleNotFoundError" not in log, log[-4000:]
+            steps = re.search(r"--max-steps (\d+)", block).group(1)
+            assert log.count(f"step {steps}/{steps}") == 1, log[-4000:]  # each worker line reaches the job log once
             assert (copy / "runs" / "pretrain" / "model" / "model.safetensors").is_file()

@@ -10,9 +10,6 @@ import subprocess
 import sys
 
 from helpers import REPO
-from two_nodes_scenario import two_node_run_config
-
-from minigpt_ray.training.trainer import run_training
 
 
 def run_scenario(work) -> dict:
@@ -29,7 +26,7 @@ def run_scenario(work) -> dict:
     return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
 
-def test_spread_crash_resume_and_a_replica_on_another_node(ray_cluster, spawns_ray, tmp_path):
+def test_spread_crash_resume_and_a_replica_on_another_node(spawns_ray, tmp_path):
     scenario = run_scenario(tmp_path / "two")
     head, node2, node3 = scenario["head"], scenario["node2"], scenario["node3"]
     metrics = scenario["metrics"]
@@ -38,11 +35,9 @@ def test_spread_crash_resume_and_a_replica_on_another_node(ray_cluster, spawns_r
     assert restarts and set(restarts[-1]) <= {head, node3}  # restarted without the crashed node
     assert len(metrics["resumed_from"]) == 1 and metrics["resumed_from"][0] >= 10  # from a checkpoint, not step 0
     assert metrics["steps"] == 60 and metrics["train_tokens"] == 60 * 2 * 8 * 64  # continued, counted once
-    # The same run on one node (the session's Ray): the same amount of training gives the same quality. Not bit for
-    # bit: Ray Data hands blocks to workers as they ask, so each worker's data order differs between runs.
-    one_node = run_training(two_node_run_config(tmp_path / "one", ""))
-    assert one_node["steps"] == metrics["steps"] and one_node["train_tokens"] == metrics["train_tokens"]
-    assert abs(metrics["final_val_loss"] - one_node["final_val_loss"]) < 0.05 * one_node["final_val_loss"]
+    # It kept learning across the crash: each evaluation (steps 0, 30, 60) lower than the one before.
+    losses = [h["val_loss"] for h in metrics["history"]]
+    assert [h["step"] for h in metrics["history"]] == [0, 30, 60] and losses == sorted(losses, reverse=True), losses
     # Only node3 has the 2 CPUs the replica needs; Serve's proxy runs on the head only.
     assert scenario["health"]["node_id"] == node3 != head and scenario["health"]["ingress"] == "proxy"
     assert scenario["completion_status"] == 200 and scenario["completion"]["usage"]["completion_tokens"] == 4
