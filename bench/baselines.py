@@ -5,7 +5,7 @@ code, data, batch and precision:
 - plain_pair: two 1-thread processes at once on half the batch each, no communication (the most two 1-thread
   data-parallel workers can get from this machine);
 - deepspeed_pair: two 1-thread processes running the workers' own DeepSpeed engine over gloo, without Ray
-  (what Ray Train + Ray Data add on top is Ray over this);
+  (what Ray Train adds on top is Ray over this);
 - ray_background: deepspeed_pair with and without an idle embedded Ray that runs as many actors as a training run
   starts besides its workers (what Ray's own processes take from the workers on a small machine).
 """
@@ -23,10 +23,9 @@ from minigpt_ray.modeling.loss import use_training_loss
 from minigpt_ray.modeling.model import attention_for, build_model
 from minigpt_ray.training.deepspeed_config import param_groups
 
-# Actors a Ray Train run with a Ray Dataset starts besides its workers (listed with `ps` during a bench run on Ray
-# 2.60): TrainController, SynchronizationActor, PlacementGroupCleaner, PreemptionWatcher,
-# _AutoscalingCoordinatorActor (Train V2); DatasetManager, SplitCoordinator, _StatsActor (Ray Data).
-RAY_RUN_SIDE_ACTORS = 8
+# Actors a Ray Train run starts besides its workers (listed with `ps` during a bench run on Ray 2.60):
+# TrainController, SynchronizationActor, PlacementGroupCleaner, PreemptionWatcher, _AutoscalingCoordinatorActor.
+RAY_RUN_SIDE_ACTORS = 5
 
 
 def plain_loop(

@@ -1,6 +1,6 @@
 """Documents → token blocks: tokenize with a `datasets` batched map (Arrow-backed, Rust tokenizer), append EOS to
-every document, concatenate and cut into fixed-length blocks. Plain Python/NumPy: no Ray here; the trainer wraps
-the arrays in a Ray Dataset."""
+every document, concatenate and cut into fixed-length blocks. Plain Python/NumPy: no Ray here; the trainer
+puts the arrays in Ray's object store for its workers."""
 
 from __future__ import annotations
 

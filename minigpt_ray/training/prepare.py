@@ -49,6 +49,11 @@ class WorkerConfig:
     """The frozen teacher each worker runs beside the student, or None (no teacher, or alpha 0: labels only)."""
     lora: LoraSpec | None = None
     """LoRA adapters to train instead of every weight, or None (full fine-tuning)."""
+    train_blocks: object = None
+    """The packed training blocks in Ray's object store (an ObjectRef the trainer puts; each worker reads every
+    world-th block, without copying on its own node)."""
+    val_blocks: object = None
+    """The packed validation blocks in Ray's object store (every worker evaluates its share of them)."""
 
     @property
     def zero_stage(self) -> int:

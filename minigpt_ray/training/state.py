@@ -29,7 +29,7 @@ class TrainerState:
     steady_tokens_per_s: float | None = None
     """Throughput after the first steps of a (re)start (allocation, data pipeline start and lazy init excluded)."""
     steady_data_wait_fraction: float | None = None
-    """Rank 0's share of steady step time spent waiting on its Ray Data shard."""
+    """Rank 0's share of steady step time spent taking its batches."""
     peak_rss_bytes_per_worker: list[float] = field(default_factory=list)
     tensor_bytes_per_worker: list[float] = field(default_factory=list)
     partitioned_at_construction: bool = False

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
@@ -183,7 +184,7 @@ def _build_model(config: WorkerConfig, device: torch.device):
 def _train_steps(loop: LoopContext) -> None:
     engine, train, state = loop.engine, loop.config.train, loop.state
     batches = wu.endless_batches(
-        ray.train.get_dataset_shard("train"), train.micro_batch_size, seed=train.seed + state.step
+        ray.get(loop.config.train_blocks), train.micro_batch_size, train.seed + state.step, loop.rank, loop.world
     )
     window = wu.Window()
     state.timeline["loop_start"] = time.time()
@@ -195,7 +196,7 @@ def _train_steps(loop: LoopContext) -> None:
         for micro in range(train.grad_accum_steps):
             t_data = time.perf_counter()
             batch = next(batches).to(loop.device)
-            data_seconds += time.perf_counter() - t_data  # waiting on this worker's Ray Data shard
+            data_seconds += time.perf_counter() - t_data  # taking this worker's next batch
             # Chat data carries its labels (untrained tokens masked); plain text is its own label.
             input_ids, labels = (batch[:, 0], batch[:, 1]) if batch.dim() == 3 else (batch, batch)
             loss = engine(input_ids=input_ids, labels=labels).loss
@@ -260,7 +261,7 @@ def _log_progress(loop: LoopContext, window: wu.Window) -> None:
 def _evaluate_and_record(loop: LoopContext) -> None:
     state, train = loop.state, loop.config.train
     mine, padding = wu.rank_batches(
-        ray.train.get_dataset_shard("val"), train.micro_batch_size, train.eval_batches, loop.rank, loop.world
+        ray.get(loop.config.val_blocks), train.micro_batch_size, train.eval_batches, loop.rank, loop.world
     )
     total_nll, total_tokens = nll_sums(loop.engine.module, mine, loop.device)
     # Every rank runs the same number of forwards: under ZeRO-3 each forward gathers parameters collectively.

@@ -1,5 +1,6 @@
-"""Helpers of the worker loop: logging and TensorBoard from rank 0, batching over a Ray Data shard, collective
-reductions, weight export, memory and peak-FLOP measurement. Kept apart so the loop itself reads on one screen."""
+"""Helpers of the worker loop: logging and TensorBoard from rank 0, batches from this worker's share of the blocks,
+collective reductions, weight export, memory and peak-FLOP measurement. Kept apart so the loop itself reads on one
+screen."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -123,32 +125,30 @@ def live_tensor_bytes() -> int:
     return sum(storages.values())
 
 
-def endless_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Token blocks [B, T] from this worker's shard, epoch after epoch, locally shuffled with a per-epoch seed."""
-    epoch = 0
+def endless_batches(blocks: np.ndarray, batch_size: int, seed: int, rank: int, world: int) -> Iterator[torch.Tensor]:
+    """Token blocks [B, T] (or [B, 2, T]: ids and labels) from this worker's share of the training blocks (every
+    world-th one), in a fresh seeded order each epoch. A batch may run across an epoch's end, so a share smaller than
+    a batch still trains instead of yielding nothing."""
+    mine = np.arange(rank, len(blocks), world) if rank < len(blocks) else np.array([rank % len(blocks)])
+    order = np.random.default_rng(seed)
+    pending = np.empty(0, dtype=np.int64)
     while True:
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            dtypes=torch.long,
-            local_shuffle_buffer_size=4 * batch_size,
-            local_shuffle_seed=seed + epoch,
-        ):
-            yield batch["data"]
-        epoch += 1
+        while len(pending) < batch_size:
+            pending = np.concatenate([pending, order.permutation(mine)])
+        taken, pending = pending[:batch_size], pending[batch_size:]
+        yield torch.from_numpy(blocks[taken]).long()  # fancy indexing copies out of the read-only object store
 
 
 def rank_batches(
-    dataset_iter, batch_size: int, max_batches: int, rank: int, world: int
+    blocks: np.ndarray, batch_size: int, max_batches: int, rank: int, world: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """This rank's share (every world-th batch) of the first `max_batches` validation batches, in a fixed order, so
     the ranks together cover the same tokens whatever the worker count; plus uncounted padding batches that even
     out the number of forward passes per rank."""
-    batches = []
-    for batch in dataset_iter.iter_torch_batches(batch_size=batch_size, dtypes=torch.long):
-        if max_batches and len(batches) >= max_batches:
-            break
-        batches.append(batch["data"])
+    starts = range(0, len(blocks), batch_size)
+    if max_batches:
+        starts = starts[:max_batches]
+    batches = [torch.tensor(blocks[start : start + batch_size], dtype=torch.long) for start in starts]
     mine = batches[rank::world]
     return mine, batches[:1] * (math.ceil(len(batches) / world) - len(mine))
 
