@@ -13,6 +13,8 @@ job (data, start-up, training, export), as the pipeline runs it. `previous` is t
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 from minigpt_ray.pipeline.run import plan_pipeline  # noqa: E402
 from minigpt_ray.training.trainer import run_training  # noqa: E402
 
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+
 
 class Budget(NamedTuple):
     steps: int
@@ -40,6 +44,7 @@ class Candidate(NamedTuple):
     pretrain: Budget
     finetune: Budget
     preset: str = "gpt-nano"
+    compile: bool = False  # torch.compile: pretraining compiles (cold cache), fine-tuning reuses its kernels
 
 
 CANDIDATES: dict[str, Candidate | None] = {
@@ -54,6 +59,8 @@ CANDIDATES: dict[str, Candidate | None] = {
     "ft-heavy-hi": Candidate(Budget(250, 6e-3, 8, 125, 125), Budget(550, 4e-3, 8, 275, 275)),
     "more-ft": Candidate(Budget(450, 4e-3, 8, 225, 225), Budget(500, 3e-3, 8, 250, 250)),
     "batch-4": Candidate(Budget(500, 3e-3, 4, 250, 250), Budget(1100, 2e-3, 4, 550, 550)),
+    "compiled": Candidate(Budget(500, 4e-3, 8, 250, 250), Budget(400, 3e-3, 8, 200, 200), compile=True),
+    "compiled-more": Candidate(Budget(600, 4e-3, 8, 300, 300), Budget(520, 3e-3, 8, 260, 260), compile=True),
 }
 
 
@@ -71,18 +78,21 @@ def stage_configs(name: str, output: Path):
             t.max_steps, t.lr, t.warmup_steps = budget.steps, budget.lr, budget.steps // 10
             t.micro_batch_size, t.eval_every = budget.micro_batch, budget.eval_every
             t.checkpoint_every = budget.checkpoint_every
+            t.compile = candidate.compile
     return pretrain, finetune
 
 
 def run_candidate(name: str, work: Path) -> dict:
     pretrain, finetune = stage_configs(name, work / name)
+    shutil.rmtree(os.environ[INDUCTOR_CACHE], ignore_errors=True)  # every candidate compiles from a cold cache
     started = time.perf_counter()
     first = run_training(pretrain.validate())
     second = run_training(finetune.validate())
     ended = time.perf_counter()
     return {
         "name": name,
-        "shape": f"{pretrain.model.name}, {pretrain.train.micro_batch_size} × 2",
+        "shape": f"{pretrain.model.name}{', compiled' if pretrain.train.compile else ''}, "
+        f"{pretrain.train.micro_batch_size} × 2",
         "steps": f"{pretrain.train.max_steps} + {finetune.train.max_steps}",
         "lrs": f"{pretrain.train.lr:g} / {finetune.train.lr:g}",
         "pretrain_ppl": first["final_val_ppl"],
@@ -96,6 +106,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="previous,quickstart,more-ft", help=f"of {', '.join(CANDIDATES)}")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="minigpt-ttq-"))
+    os.environ[INDUCTOR_CACHE] = str(work / "inductor")  # set before Ray starts: its workers inherit it
     rows = [run_candidate(name, work) for name in args.candidates.split(",")]
     base = rows[0]
     print(

@@ -85,10 +85,16 @@ INGRESS = {
 
 
 def run_finetune(cfg: TrainJobConfig) -> int:
-    from minigpt_ray.training.trainer import TrainingDiverged, run_training  # late: --help stays instant
+    import time
+
+    from minigpt_ray.training.startup import prepare_while_ray_starts  # late: --help stays instant
+
+    started = time.time()
+    prepared = prepare_while_ray_starts(cfg)  # the training stack imports and the data prepares beside Ray's start
+    from minigpt_ray.training.trainer import TrainingDiverged, run_prepared
 
     try:
-        m = run_training(cfg)
+        m = run_prepared(prepared, started)
     except TrainingDiverged as err:
         print(f"error: {err}; nothing published under {cfg.output}/model", file=sys.stderr)
         return 1

@@ -54,7 +54,6 @@ def ray_cluster():
 
     embedded_serve_env()  # the same Serve ingress (HAProxy) as the jobs' embedded Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
 

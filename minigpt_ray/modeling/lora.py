@@ -55,15 +55,18 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in unique)
 
 
-def save_lora(model_config, state_dict: dict, spec: LoraSpec, model_dir: Path, adapter_dir: Path) -> None:
-    """Rebuild base + adapters on CPU from the gathered weights (strictly), write the adapter and the merged model."""
+def save_lora(model_config, state_dict: dict, spec: LoraSpec, model_dir: Path, adapter_dir: Path):
+    """Rebuild base + adapters on CPU from the gathered weights (strictly), write the adapter and the merged model;
+    returns the merged model."""
     from transformers import AutoModelForCausalLM
 
     model_config.use_cache = True
     wrapper, inner = with_lora(AutoModelForCausalLM.from_config(model_config, dtype=torch.float32), spec)
     inner.load_state_dict(state_dict, strict=True)
     wrapper.save_pretrained(str(adapter_dir), safe_serialization=True)
-    wrapper.merge_and_unload().save_pretrained(str(model_dir), safe_serialization=True)
+    merged = wrapper.merge_and_unload()
+    merged.save_pretrained(str(model_dir), safe_serialization=True)
+    return merged
 
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -106,7 +106,46 @@ def flops_per_token(config: PretrainedConfig, n_params: int, seq_len: int) -> fl
     return 6.0 * n_params + 12.0 * layers * hidden * seq_len
 
 
+@dataclass(frozen=True)
+class SampleSpec:
+    """A seeded top-k sample of token ids: what a training run's rank 0 draws from the final model while the weights
+    are in memory (the driver only decodes it). Sampling rather than greedy: greedy decoding of a small model
+    collapses into one repeated token."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    seed: int = 0
+    temperature: float = 0.8
+    top_k: int = 40
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @classmethod
+    def for_prompt(cls, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0, **settings) -> SampleSpec:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        return cls(tuple(ids), max_new_tokens, seed, pad_token_id=pad, eos_token_id=eos, **settings)
+
+
 @torch.no_grad()
+def sample_ids(model: PreTrainedModel, spec: SampleSpec) -> list[int]:
+    """The new token ids of `spec`'s sample (the same ids for the same model and seed), without the prompt."""
+    model.eval()
+    ids = torch.tensor([spec.prompt_ids], dtype=torch.long)
+    torch.manual_seed(spec.seed)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=True,
+        temperature=spec.temperature,
+        top_k=spec.top_k,
+        pad_token_id=spec.pad_token_id,
+        eos_token_id=spec.eos_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
 def sample_text(
     model: PreTrainedModel,
     tokenizer,
@@ -116,19 +155,6 @@ def sample_text(
     temperature: float = 0.8,
     top_k: int = 40,
 ) -> str:
-    """A seeded top-k sample continuing `prompt` (the same text for the same model and seed), without the prompt.
-    Sampling rather than greedy: greedy decoding of a small model collapses into one repeated token."""
-    model.eval()
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    torch.manual_seed(seed)
-    out = model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    """A seeded top-k sample continuing `prompt` (the same text for the same model and seed), without the prompt."""
+    spec = SampleSpec.for_prompt(tokenizer, prompt, max_new_tokens, seed, temperature=temperature, top_k=top_k)
+    return tokenizer.decode(sample_ids(model, spec), skip_special_tokens=True)

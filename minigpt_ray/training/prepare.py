@@ -16,7 +16,7 @@ from minigpt_ray.data.packing import PackedData, pack_splits, shuffled_blocks
 from minigpt_ray.faults import WorkerFault, nan_step
 from minigpt_ray.modeling.distill import DistillSpec, derive_student_config
 from minigpt_ray.modeling.lora import LoraSpec
-from minigpt_ray.modeling.model import ModelBuildSpec, preset_config, preset_vocab_size
+from minigpt_ray.modeling.model import ModelBuildSpec, SampleSpec, preset_config, preset_vocab_size
 from minigpt_ray.modeling.source import ModelSource, resolve_model
 from minigpt_ray.modeling.tokenizer import CHAT_TEMPLATE, load_tokenizer, sample_texts, save_tokenizer, train_bpe
 from minigpt_ray.training.deepspeed_config import build_deepspeed_config
@@ -54,6 +54,8 @@ class WorkerConfig:
     world-th block, without copying on its own node)."""
     val_blocks: object = None
     """The packed validation blocks in Ray's object store (every worker evaluates its share of them)."""
+    sample: SampleSpec | None = None
+    """The end-of-run sample rank 0 draws from the final model while it is in memory (None: no sample_prompt)."""
 
     @property
     def zero_stage(self) -> int:
@@ -95,7 +97,14 @@ class PreparedRun:
             divergence_file=str(Path(self.cfg.output).resolve() / DIVERGENCE_FILE),
             fault=WorkerFault.from_env(world_size),
             nan_step=nan_step(),
+            sample=self.sample_spec(),
         )
+
+    def sample_spec(self) -> SampleSpec | None:
+        cfg = self.cfg
+        if not cfg.sample_prompt:
+            return None
+        return SampleSpec.for_prompt(self.tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.train.seed)
 
 
 def saved_tokenizer_dir(output: str) -> Path:

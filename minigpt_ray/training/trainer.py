@@ -16,14 +16,14 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from minigpt_ray.config import ConfigError, TrainJobConfig, to_yaml
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.distill import build_student
-from minigpt_ray.modeling.model import count_parameters, sample_text
+from minigpt_ray.modeling.model import count_parameters
 from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
 from minigpt_ray.training.prepare import DIVERGENCE_FILE, PreparedRun, prepare_run, saved_tokenizer_dir, student_dir
 from minigpt_ray.training.startup import prepare_while_ray_starts
 from minigpt_ray.training.state import TrainerState
-from minigpt_ray.training.worker import ADAPTER_DIR, HF_MODEL_DIR, STATE_FILE, train_loop_per_worker
+from minigpt_ray.training.worker import ADAPTER_DIR, HF_MODEL_DIR, SAMPLE_FILE, STATE_FILE, train_loop_per_worker
 
 log = get_logger()
 
@@ -119,9 +119,15 @@ def write_derived_student(prepared: PreparedRun) -> None:
 
 def run_training(cfg: TrainJobConfig) -> dict:
     """Run (or resume) training; returns the metrics also written to `<output>/metrics.json`."""
-    clock = {"started": time.time()}
-    prepared = prepare_while_ray_starts(prepare_run, cfg)
-    clock["prepared"] = time.time()
+    started = time.time()
+    return run_prepared(prepare_while_ray_starts(cfg, prepare_run), started)
+
+
+def run_prepared(prepared: PreparedRun, started: float) -> dict:
+    """The run once its data is prepared and Ray is up (`startup.prepare_while_ray_starts`); `started`: when the
+    job began, for the phase timings. The CLI calls this directly, having imported this module beside Ray's start."""
+    cfg = prepared.cfg
+    clock = {"started": started, "prepared": time.time()}
     log.info(
         "data: %s; cache: tokenizer %s, blocks %s (%.1f s, Ray started alongside)",
         json.dumps(prepared.data.stats),
@@ -170,6 +176,8 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, clock: dict[str, floa
     model_dir = output / "model"
     with result.checkpoint.as_directory() as ckpt_dir:
         state = TrainerState.from_json((Path(ckpt_dir) / STATE_FILE).read_text())
+        sample_file = Path(ckpt_dir) / SAMPLE_FILE  # drawn by rank 0 from the final model while it was in memory
+        sample = json.loads(sample_file.read_text()) if sample_file.is_file() else None
         for source, target in ((HF_MODEL_DIR, model_dir), (ADAPTER_DIR, output / "adapter")):
             if (Path(ckpt_dir) / source).is_dir():  # adapter/: LoRA runs only
                 with atomic_directory(target) as staging:
@@ -177,20 +185,15 @@ def finalize(prepared: PreparedRun, result, use_gpu: bool, clock: dict[str, floa
                     save_tokenizer(prepared.tokenizer, staging)
     metrics = summarize(prepared, state, use_gpu, clock["fitted"] - clock["started"])
     metrics["checkpoint"] = result.checkpoint.path
-    if cfg.sample_prompt:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    spec = prepared.sample_spec()
+    if spec and sample is not None:
         metrics["sample"] = {
             "prompt": cfg.sample_prompt,
-            "temperature": 0.8,
-            "top_k": 40,
-            "seed": cfg.train.seed,
-            "completion": sample_text(
-                model, prepared.tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.train.seed
-            ),
+            "temperature": spec.temperature,
+            "top_k": spec.top_k,
+            "seed": spec.seed,
+            "completion": prepared.tokenizer.decode(sample, skip_special_tokens=True),
         }
-        metrics["parameters"] = count_parameters(model)
     clock["finished"] = time.time()
     phases = metrics["phase_seconds"] = phase_seconds(clock, state.timeline)
     metrics["fixed_seconds"] = round(clock["finished"] - clock["started"] - phases.get("training", 0.0), 2)

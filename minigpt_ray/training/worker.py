@@ -6,6 +6,7 @@ touches `deepspeed.ops` cannot be pickled. It receives one frozen `WorkerConfig`
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -21,13 +22,14 @@ from minigpt_ray.modeling.distill import load_teacher
 from minigpt_ray.modeling.evaluate import loss_and_perplexity, nll_sums
 from minigpt_ray.modeling.lora import save_lora, trainable_parameters, with_lora
 from minigpt_ray.modeling.loss import supports_fused_loss, use_training_loss
-from minigpt_ray.modeling.model import attention_for, build_model, count_parameters, flops_per_token
+from minigpt_ray.modeling.model import attention_for, build_model, count_parameters, flops_per_token, sample_ids
 from minigpt_ray.training import worker_utils as wu
 from minigpt_ray.training.deepspeed_config import param_groups
 from minigpt_ray.training.prepare import WorkerConfig
 from minigpt_ray.training.state import TrainerState
 
 STATE_FILE = "trainer_state.json"
+SAMPLE_FILE = "sample_ids.json"
 HF_MODEL_DIR = "hf_model"
 ADAPTER_DIR = "adapter"
 DS_TAG = "ds"
@@ -50,10 +52,15 @@ class LoopContext:
     step_loss: float = 0.0
     """Loss of the last micro-batch (the divergence check's first signal)."""
     tokens_per_step: int = field(init=False)
+    val_share: tuple = field(init=False)
+    """(this rank's validation micro-batches, the padding forwards that even out the ranks' counts): taken from the
+    object store once per run, reused by every evaluation."""
 
     def __post_init__(self) -> None:
         t = self.config.train
         self.tokens_per_step = self.config.block_size * t.micro_batch_size * t.grad_accum_steps * self.world
+        val_blocks = ray.get(self.config.val_blocks)
+        self.val_share = wu.rank_batches(val_blocks, t.micro_batch_size, t.eval_batches, self.rank, self.world)
 
 
 def train_loop_per_worker(config: WorkerConfig) -> None:
@@ -259,10 +266,8 @@ def _log_progress(loop: LoopContext, window: wu.Window) -> None:
 
 
 def _evaluate_and_record(loop: LoopContext) -> None:
-    state, train = loop.state, loop.config.train
-    mine, padding = wu.rank_batches(
-        ray.get(loop.config.val_blocks), train.micro_batch_size, train.eval_batches, loop.rank, loop.world
-    )
+    state = loop.state
+    mine, padding = loop.val_share
     total_nll, total_tokens = nll_sums(loop.engine.module, mine, loop.device)
     # Every rank runs the same number of forwards: under ZeRO-3 each forward gathers parameters collectively.
     nll_sums(loop.engine.module, padding, loop.device)
@@ -341,9 +346,12 @@ def _report(loop: LoopContext, final: bool) -> None:
 
 
 def _save_final_model(loop: LoopContext, full_state: dict, directory: Path) -> None:
-    """The HF model (merged, for a LoRA run) and, for a LoRA run, its adapter, into the final checkpoint."""
+    """The HF model (merged, for a LoRA run) and, for a LoRA run, its adapter, into the final checkpoint; then the
+    end-of-run sample from that model, while it is in memory (the driver decodes the ids: no second load)."""
     config = loop.engine.module.config
     if loop.config.lora:
-        save_lora(config, full_state, loop.config.lora, directory / HF_MODEL_DIR, directory / ADAPTER_DIR)
+        model = save_lora(config, full_state, loop.config.lora, directory / HF_MODEL_DIR, directory / ADAPTER_DIR)
     else:
-        wu.save_hf_model(config, full_state, directory / HF_MODEL_DIR)
+        model = wu.save_hf_model(config, full_state, directory / HF_MODEL_DIR)
+    if loop.config.sample:
+        (directory / SAMPLE_FILE).write_text(json.dumps(sample_ids(model, loop.config.sample)))

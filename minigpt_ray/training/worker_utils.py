@@ -224,11 +224,13 @@ def _cpu_fp32_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
 
 
-def save_hf_model(model_config, state_dict: dict, directory: Path) -> None:
-    """Rebuild the architecture on CPU, load the gathered weights strictly and write safetensors + config."""
+def save_hf_model(model_config, state_dict: dict, directory: Path):
+    """Rebuild the architecture on CPU, load the gathered weights strictly and write safetensors + config; returns
+    the rebuilt model."""
     from transformers import AutoModelForCausalLM
 
     model_config.use_cache = True
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     model.load_state_dict(state_dict, strict=True)
     model.save_pretrained(str(directory), safe_serialization=True)
+    return model
