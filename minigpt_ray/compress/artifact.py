@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 from minigpt_ray.compress.layers import conv1d_to_linear, target_layers
 from minigpt_ray.compress.quantize import int4_shells, torchao_config
 from minigpt_ray.modeling.lora import is_adapter_dir, load_adapter_model
+from minigpt_ray.modeling.model import local_model_dir
 from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.outputs import atomic_directory
 
@@ -163,7 +164,8 @@ def load_candidate(directory: str | Path):
 
 def load_model_dir(directory: str | Path):
     """(model, tokenizer) for a sweep candidate of any format, a plain HF model directory or a LoRA adapter
-    directory (its base model with the adapter merged in)."""
+    directory (its base model with the adapter merged in), or a named base (its converted directory)."""
+    directory = local_model_dir(str(directory))
     if is_adapter_dir(directory):
         return load_adapter_model(directory), load_tokenizer(str(directory))
     if (Path(directory) / MANIFEST).is_file():

@@ -26,11 +26,13 @@ def _keep_count(total: int, fraction: float) -> int:
     return max(1, total - int(round(fraction * total)))
 
 
-def _head_count(cfg, fraction: float) -> int:
-    """Heads kept: the largest count <= the target that divides hidden_size (transformers' Llama config demands
-    hidden_size % num_attention_heads == 0 even with an explicit head_dim)."""
-    target = _keep_count(cfg.num_attention_heads, fraction)
-    return max(d for d in range(1, target + 1) if cfg.hidden_size % d == 0)
+def _group_count(cfg, fraction: float) -> int:
+    """Key/value head groups kept: the largest count <= the target whose query heads divide hidden_size
+    (transformers' Llama config demands hidden_size % num_attention_heads == 0 even with an explicit head_dim)."""
+    kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+    per_group = cfg.num_attention_heads // kv_heads
+    target = _keep_count(kv_heads, fraction)
+    return max(g for g in range(1, target + 1) if cfg.hidden_size % (g * per_group) == 0)
 
 
 def _top_indices(importance: torch.Tensor, keep: int) -> torch.Tensor:
@@ -72,32 +74,48 @@ def prune_structured(model: nn.Module, fraction: float, calib_blocks: torch.Tens
 
 
 def _prune_llama_like(model, fraction: float, calib_blocks) -> dict:
+    """FFN neurons, and attention heads by whole key/value groups: with grouped-query attention each key/value head
+    serves `per_group` query heads, so a group (its query heads, its key and value rows) is kept or removed together
+    and the ratio of query to key/value heads stays the one the architecture was trained with."""
     cfg = model.config
     layers = model.model.layers
+    kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+    per_group = cfg.num_attention_heads // kv_heads
     consumers = {f"{i}.down": layer.mlp.down_proj for i, layer in enumerate(layers)}
-    mha = cfg.num_key_value_heads in (None, cfg.num_attention_heads)
-    if mha:
-        consumers |= {f"{i}.o": layer.self_attn.o_proj for i, layer in enumerate(layers)}
+    consumers |= {f"{i}.o": layer.self_attn.o_proj for i, layer in enumerate(layers)}
     norms = _norms(model, consumers, calib_blocks)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     keep_ffn = _keep_count(cfg.intermediate_size, fraction)
-    keep_heads = _head_count(cfg, fraction) if mha else cfg.num_attention_heads
+    keep_groups = _group_count(cfg, fraction)
     for i, layer in enumerate(layers):
         mlp = layer.mlp
         idx = _top_indices(_channel_importance(mlp.down_proj, norms[f"{i}.down"]), keep_ffn)
         mlp.gate_proj, mlp.up_proj = _linear_rows(mlp.gate_proj, idx), _linear_rows(mlp.up_proj, idx)
         mlp.down_proj = _linear_cols(mlp.down_proj, idx)
-        if mha and keep_heads < cfg.num_attention_heads:
+        if keep_groups < kv_heads:
             attn = layer.self_attn
             channel = _channel_importance(attn.o_proj, norms[f"{i}.o"])
-            heads = _top_indices(channel.reshape(-1, head_dim).sum(dim=1), keep_heads)
-            rows = (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
-            attn.q_proj, attn.k_proj = _linear_rows(attn.q_proj, rows), _linear_rows(attn.k_proj, rows)
-            attn.v_proj, attn.o_proj = _linear_rows(attn.v_proj, rows), _linear_cols(attn.o_proj, rows)
-    summary = {"ffn": [cfg.intermediate_size, keep_ffn], "heads": [cfg.num_attention_heads, keep_heads]}
+            groups = _top_indices(channel.reshape(kv_heads, -1).sum(dim=1), keep_groups)
+            q_heads = (groups[:, None] * per_group + torch.arange(per_group)[None, :]).reshape(-1)
+            q_rows, kv_rows = _head_rows(q_heads, head_dim), _head_rows(groups, head_dim)
+            attn.q_proj, attn.o_proj = _linear_rows(attn.q_proj, q_rows), _linear_cols(attn.o_proj, q_rows)
+            attn.k_proj, attn.v_proj = _linear_rows(attn.k_proj, kv_rows), _linear_rows(attn.v_proj, kv_rows)
+            if hasattr(attn, "num_key_value_groups"):
+                attn.num_key_value_groups = per_group
+    keep_heads = keep_groups * per_group
+    summary = {
+        "ffn": [cfg.intermediate_size, keep_ffn],
+        "heads": [cfg.num_attention_heads, keep_heads],
+        "kv_heads": [kv_heads, keep_groups],
+    }
     cfg.intermediate_size, cfg.head_dim = keep_ffn, head_dim
-    cfg.num_attention_heads = cfg.num_key_value_heads = keep_heads
+    cfg.num_attention_heads, cfg.num_key_value_heads = keep_heads, keep_groups
     return summary
+
+
+def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Weight rows of whole heads, in order."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
 def _prune_gpt2(model, fraction: float, calib_blocks) -> dict:

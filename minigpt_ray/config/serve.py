@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minigpt_ray.config.base import ConfigError, require
+from minigpt_ray.config.bases import check_installed, is_base
 
 GGUF_FILE = "model.gguf"
 """The GGUF file of an export directory or a sweep winner (served by llama.cpp)."""
@@ -144,10 +145,15 @@ def check_serve_model(cfg: ServeJobConfig) -> None:
     import importlib.util
 
     directory = Path(cfg.model)
-    if not directory.is_dir():
-        raise ConfigError(f"model: directory {cfg.model} does not exist")
     if cfg.runs_dir and not Path(cfg.runs_dir).is_dir():
         raise ConfigError(f"runs_dir: directory {cfg.runs_dir} does not exist")
+    if is_base(cfg.model):  # converted to a model directory where a replica loads it
+        check_installed(cfg.model)
+        if serving_runtime(cfg) == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
+            raise ConfigError("runtime: llama.cpp needs llama-cpp-python (scripts/setup.sh builds it)")
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"model: directory {cfg.model} does not exist")
     if serving_runtime(cfg) == "torch":
         if (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file():
             _check_adapter(directory, cfg.model)
@@ -190,6 +196,10 @@ def _model_type(directory: Path) -> str:
 
 
 def check_model_dir(model: str) -> None:
+    """A model directory with a config.json, or an installed named base."""
+    if is_base(model):
+        check_installed(model)
+        return
     directory = Path(model)
     if not directory.is_dir():
         raise ConfigError(f"model: directory {model} does not exist")

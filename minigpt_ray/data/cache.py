@@ -22,18 +22,11 @@ import tokenizers
 from transformers import PreTrainedTokenizerBase
 
 from minigpt_ray.logs import get_logger
+from minigpt_ray.outputs import CACHE_ENV, cache_root  # noqa: F401 (re-exported: the cache's root is set here)
 
-CACHE_ENV = "MINIGPT_RAY_CACHE"
-"""Environment variable naming the cache directory when `data.cache_dir` is empty."""
 FORMAT_VERSION = 1
 """Part of every key: raised when what an entry holds, or how it is built, changes."""
 MANIFEST = "manifest.json"
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    """`cache_dir`, else $MINIGPT_RAY_CACHE, else ~/.cache/minigpt_ray."""
-    chosen = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "minigpt_ray"
-    return Path(chosen).expanduser()
 
 
 def digest(parts: Iterable) -> str:

@@ -22,6 +22,7 @@ from minigpt_ray.compress.quantize import Int4GroupLinear
 from minigpt_ray.config import ConfigError
 from minigpt_ray.config.export import GGUF_QUANTS
 from minigpt_ray.config.serve import GGUF_FILE
+from minigpt_ray.modeling.bases import LLAMA_CPP_PRE_TOKENIZERS, llama_cpp_pre_name
 from minigpt_ray.outputs import atomic_directory
 
 _LAYER_NAMES = {
@@ -122,14 +123,30 @@ def _add_metadata(writer, config, name: str, quant: str) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def _special_ids(tokenizer) -> set[int]:
+    """Ids llama.cpp must treat as control tokens: the named special tokens and every added special token (ChatML's
+    <|im_start|> / <|im_end|>), so a chat prompt's markers are parsed as one token each, as in training."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {
+        index for index, token in added.items() if getattr(token, "special", False)
+    }
+
+
 def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    """The tokenizer as llama.cpp's byte-level BPE: tokens in id order (padded to the model's vocab), merges,
-    special tokens marked as control tokens."""
+    """The tokenizer as llama.cpp's byte-level BPE: tokens in id order (padded to the model's vocab), merges, the
+    pre-tokenizer llama.cpp knows by name, special tokens marked as control tokens, and the chat template, so
+    llama.cpp's (and Ollama's, LM Studio's) own chat completion formats turns as the model was tuned."""
     import gguf
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = llama_cpp_pre_name(tokenizer)
+    if pre is None:
+        raise ConfigError(
+            f"model: its tokenizer's pre-tokenizer {json.dumps(spec.get('pre_tokenizer'))[:80]} has no llama.cpp "
+            f"counterpart this exporter knows ({', '.join(LLAMA_CPP_PRE_TOKENIZERS)})"
+        )
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
-    special = set(tokenizer.all_special_ids)
+    special = _special_ids(tokenizer)
     tokens, types = [], []
     for index in range(vocab_size):
         tokens.append(by_id.get(index, f"[PAD{index}]"))
@@ -138,15 +155,20 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
         types.append(gguf.TokenType.UNUSED if unused else gguf.TokenType.CONTROL if control else gguf.TokenType.NORMAL)
     merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
     writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_bos_token_id(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
     writer.add_pad_token_id(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    if tokenizer.unk_token_id is not None:
+        writer.add_unk_token_id(tokenizer.unk_token_id)
     writer.add_add_bos_token(False)  # documents are EOS-separated; nothing is prepended
     writer.add_add_eos_token(False)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        writer.add_chat_template(template)
 
 
 def _rotary_heads(name: str, config) -> int:

@@ -67,7 +67,8 @@ class ModelBuildSpec:
     preset_config: dict | None
     """LlamaConfig.to_dict() of a preset (random init), or None to load `pretrained`."""
     pretrained: str | None
-    """Absolute model directory or hub id for from_pretrained (a worker's working directory is not the driver's)."""
+    """Absolute model directory, hub id or named base for from_pretrained (a worker's working directory is not the
+    driver's; a named base is converted into the worker's own node's cache)."""
     gradient_checkpointing: bool
     seed: int
     """Seed of a preset's random init."""
@@ -81,12 +82,22 @@ def build_model(spec: ModelBuildSpec, attn_implementation: str = "sdpa") -> PreT
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            spec.pretrained, dtype=torch.float32, trust_remote_code=False, attn_implementation=attn_implementation
+            local_model_dir(spec.pretrained),
+            dtype=torch.float32,
+            trust_remote_code=False,
+            attn_implementation=attn_implementation,
         )
     if spec.gradient_checkpointing:
         model.activation_checkpointing_enable()
         model.config.use_cache = False
     return model
+
+
+def local_model_dir(name: str) -> str:
+    """A directory or hub id as it is; a named base as its converted directory on this node."""
+    from minigpt_ray.modeling.bases import is_base, materialize_base
+
+    return str(materialize_base(name)) if is_base(name) else name
 
 
 def max_positions(config: PretrainedConfig) -> int:

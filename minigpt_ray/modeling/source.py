@@ -1,5 +1,6 @@
 """What a model name refers to, resolved once before anything runs: a preset (random init, its tokenizer trained
-for the run) or an HF model directory / hub id (config, tokenizer and context length read from it). Training,
+for the run), a named base (a pretrained model a registry package ships: `minigpt_ray.modeling.bases`) or an HF
+model directory / hub id (config, tokenizer and context length read from it). Training,
 the sweep and serving all start from a `ModelSource`, so the checks and their one-line errors exist once."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from minigpt_ray.config import ConfigError
+from minigpt_ray.config.bases import BASES, is_base
+from minigpt_ray.modeling.bases import materialize_base
 from minigpt_ray.modeling.model import PRESETS, ModelBuildSpec, is_preset, max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
 
@@ -25,6 +28,9 @@ class ModelSource:
     """The pretrained model's config (None for a preset: its config depends on the tokenizer trained for it)."""
     field: str = "model.name"
     """The setting the name came from, for error messages."""
+    base: str = ""
+    """The named base this is ('' otherwise): each worker resolves it on its own node (the converted directory is in
+    that node's cache)."""
 
     @property
     def is_preset(self) -> bool:
@@ -54,7 +60,7 @@ class ModelSource:
         """What a training worker needs to build this model (`preset_config`: the preset's config for this run)."""
         return ModelBuildSpec(
             preset_config=preset_config.to_dict() if self.is_preset else None,
-            pretrained=None if self.is_preset else self.location,
+            pretrained=None if self.is_preset else self.base or self.location,
             gradient_checkpointing=gradient_checkpointing,
             seed=seed,
         )
@@ -75,17 +81,21 @@ def _check_model_files(path: Path, name: str, field: str) -> None:
 def resolve_model(name: str, field: str = "model.name", presets: bool = True) -> ModelSource:
     """Resolve `name` before any worker starts; a bad name raises ConfigError naming `field`, in one line.
     `presets=False` for jobs that need trained weights (the sweep)."""
+    if is_base(name):
+        location = materialize_base(name)
+        return ModelSource(name=name, location=str(location), config=AutoConfig.from_pretrained(location),
+                           field=field, base=name)  # fmt: skip
     if is_preset(name):
         if not presets:
             raise ConfigError(f"{field}: {name} is a preset (random weights); give a trained model directory")
         return ModelSource(name=name, location="", config=None, field=field)
     path = Path(name).expanduser()
     if "/" not in name and not path.exists():
-        close = difflib.get_close_matches(name, PRESETS, n=1)
+        close = difflib.get_close_matches(name, [*PRESETS, *BASES], n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ConfigError(
-            f"{field}: unknown preset {name!r} ({hint}presets: {', '.join(PRESETS)}; a hub id is "
-            "written org/name, a directory as a path)"
+            f"{field}: unknown model {name!r} ({hint}bases: {', '.join(BASES)}; presets: {', '.join(PRESETS)}; "
+            "a hub id is written org/name, a directory as a path; `minigpt models` lists them)"
         )
     looks_like_path = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
     if looks_like_path and not (path / "config.json").is_file():

@@ -28,11 +28,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minigpt_ray.compress.artifact import load_model_dir
 from minigpt_ray.config import ServeJobConfig, from_dict
+from minigpt_ray.config.bases import is_base
 from minigpt_ray.config.serve import GGUF_FILE, serving_runtime
 from minigpt_ray.export.llamacpp import LlamaCppModel
 from minigpt_ray.faults import hang_prompt
 from minigpt_ray.logs import get_logger
-from minigpt_ray.modeling.model import max_positions
+from minigpt_ray.modeling.model import local_model_dir, max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
 from minigpt_ray.serving.chat import CHAT, COMPLETION, ReplyShape, parse_chat
 from minigpt_ray.serving.describe import ReplicaCount, model_facts
@@ -89,6 +90,7 @@ class CompletionServer:
         threads = max(1, int(cfg.scaling.cpus_per_replica))
         torch.set_num_threads(threads)
         self.runtime, gguf_path = serving_runtime(cfg), None
+        cfg = dataclasses.replace(cfg, model=local_model_dir(cfg.model))  # a named base: converted on this node
         if self.runtime == "llama.cpp":
             self.tokenizer, gguf_path = load_tokenizer(cfg.model), _gguf_file(cfg.model)
             self.model = LlamaCppModel(gguf_path, cfg.batching.max_batch_size, threads)
@@ -318,7 +320,7 @@ def build_app(cfg: ServeJobConfig):
     runs_dir = cfg.resolved_runs_dir()
     cfg = dataclasses.replace(
         cfg,
-        model=str(Path(cfg.model).resolve()),
+        model=cfg.model if is_base(cfg.model) else str(Path(cfg.model).resolve()),
         api_key=cfg.resolved_api_key(),
         runs_dir=str(Path(runs_dir).resolve()) if runs_dir else "",
     )
