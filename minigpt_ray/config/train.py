@@ -60,9 +60,11 @@ class TrainConfig:
     """auto (use GPUs when the cluster has them), true or false. GPU workers use nccl, CPU workers gloo."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain DDP), 1 (optimizer states sharded), 2 (+gradients), 3 (+parameters)."""
-    precision: str = "bf16-mixed"
-    """fp32; bf16-mixed (fp32 weights, bf16 matmuls under torch.autocast: the fastest on CPU); bf16 (DeepSpeed's
-    bf16: bf16 weights and gradients, fp32 master weights in the optimizer); fp16 (GPU only, loss scaling)."""
+    precision: str = "auto"
+    """auto (bf16-mixed on GPUs and on CPUs with native bf16 matmuls, AVX-512 BF16 or AMX; fp32 on other CPUs, where
+    bf16 matmuls are emulated and far slower than fp32); fp32; bf16-mixed (fp32 weights, bf16 matmuls under
+    torch.autocast: the fastest where the CPU has bf16); bf16 (DeepSpeed's bf16: bf16 weights and gradients, fp32
+    master weights in the optimizer); fp16 (GPU only, loss scaling)."""
     micro_batch_size: int = 8
     """Sequences per worker per forward/backward pass."""
     grad_accum_steps: int = 1
@@ -192,7 +194,7 @@ class TrainJobConfig:
         return self
 
 
-PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "fp16")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 

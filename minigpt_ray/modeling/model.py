@@ -54,6 +54,17 @@ def preset_vocab_size(name: str, override: int) -> int:
     return override or PRESETS[name]["vocab_size"]
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Without it torch emulates bf16 matmuls, measured at
+    under 1% of fp32's speed on an AVX2-only CPU (docs/benchmarks.md), so bf16 is chosen only where this holds."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def attention_for(device_type: str) -> str:
     """CPU: eager (matmul) attention; torch's CPU flash-attention backward in bf16 is slower than the matmuls it
     replaces at these block sizes. GPU: sdpa."""

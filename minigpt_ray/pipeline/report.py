@@ -193,7 +193,7 @@ def write_report(output: Path, state: dict, samples: dict[str, dict[str, str]], 
         lines += _sweep_section(pareto) + _student_section(pareto)
     if samples:
         lines += [
-            "## Samples (seeded top-k 40, temperature 0.8)",
+            "## Samples (seeded top-k 40, temperature 0.8; chat replies greedy)",
             "",
             "| model | prompt | completion |",
             "|---|---|---|",

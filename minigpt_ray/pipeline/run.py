@@ -44,6 +44,8 @@ class PipelinePlan:
     stages: list[str]
     configs: dict
     prompts: list[str]
+    chat_prompts: list[str] = field(default_factory=list)
+    """User messages every model with a chat template answers in the report (greedy)."""
     digests: dict = field(default_factory=dict)
     """Per stage: a hash of its settings and of every stage before it. A finished stage whose digest changed runs
     again (and so does everything after it); training stages name their run by it, so checkpoints of other
@@ -69,7 +71,7 @@ def _chain_digests(configs: dict, stages: list[str]) -> dict:
 def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = None) -> PipelinePlan:
     """Typed, validated configs for every stage (nothing runs, nothing is written)."""
     output = Path(output or values.get("output") or "runs/pipeline")
-    unknown = set(values) - {"output", "stages", "prompts", *STAGES}
+    unknown = set(values) - {"output", "stages", "prompts", "chat_prompts", *STAGES}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown setting (sections: {', '.join(STAGES)})")
     stages = list(stages or values.get("stages") or DEFAULT_STAGES)
@@ -113,7 +115,8 @@ def plan_pipeline(values: dict, output: str = "", stages: list[str] | None = Non
             raise ConfigError(f"{stage}.{err}") from None
         configs[stage] = cfg
     digests = _chain_digests(configs, stages)
-    return PipelinePlan(output, stages, configs, list(values.get("prompts") or ["今天天气"]), digests)
+    prompts, chat_prompts = list(values.get("prompts") or ["今天天气"]), list(values.get("chat_prompts") or [])
+    return PipelinePlan(output, stages, configs, prompts, chat_prompts, digests)
 
 
 def _with_defaults(section: dict, defaults: dict) -> dict:
@@ -236,11 +239,13 @@ def run_pipeline(plan: PipelinePlan) -> dict:
 
 def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
     from minigpt_ray.compress.artifact import load_model_dir
-    from minigpt_ray.modeling.model import sample_text
+    from minigpt_ray.modeling.model import local_model_dir, sample_text
 
     samples = {}
+    first = plan.configs["finetune"].model.name  # the fine-tune's model when no pretrain stage made one
+    base = plan.output / "pretrain" / "model" if "pretrain" in plan.stages else Path(local_model_dir(first))
     for label, directory in (
-        ("base (pretrained)", plan.output / "pretrain" / "model"),
+        ("base (pretrained)", base),
         ("fine-tuned", plan.output / "finetune" / "model"),
         ("distilled student", _student_dir(plan.output / "sweep" / "pareto.json")),
         ("winner (compressed)", plan.output / "sweep" / "winner"),
@@ -248,12 +253,24 @@ def _samples(plan: PipelinePlan) -> dict[str, dict[str, str]]:
         if directory is not None and (directory / "config.json").is_file():
             model, tokenizer = load_model_dir(directory)
             samples[label] = {p: sample_text(model, tokenizer, p, 32, seed=1234) for p in plan.prompts}
+            if getattr(tokenizer, "chat_template", None):  # a chat model answers the same questions
+                samples[label] |= {f"chat: {q}": chat_reply(model, tokenizer, q, 32) for q in plan.chat_prompts}
     if (plan.output / "sft" / "model" / "config.json").is_file():  # the chat model answers messages
         model, tokenizer = load_model_dir(plan.output / "sft" / "model")
         samples["SFT, as a chat reply"] = {
             p: sample_text(model, tokenizer, _chat_prompt(tokenizer, p), 32, seed=1234) for p in plan.prompts
         }
     return samples
+
+
+def chat_reply(model, tokenizer, user_message: str, max_new_tokens: int) -> str:
+    """The greedy reply to one user message, through the model's chat template, up to its end-of-turn token."""
+    import torch
+
+    ids = tokenizer(_chat_prompt(tokenizer, user_message), add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def _chat_prompt(tokenizer, user_message: str) -> str:

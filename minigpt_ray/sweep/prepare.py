@@ -61,6 +61,10 @@ def grid_specs(cfg: SweepJobConfig) -> list[CandidateSpec]:
     return specs
 
 
+COMPRESSIBLE = ("llama", "gpt2")
+"""Architectures the compression code and the GGUF measurement handle (Llama-style covers SmolLM2 and the presets)."""
+
+
 def prepare_sweep(cfg: SweepJobConfig) -> SweepInputs:
     """Model, tokenizer and data blocks, every spec checked against the model. No Ray, nothing written."""
     specs = grid_specs(cfg)
@@ -70,6 +74,11 @@ def prepare_sweep(cfg: SweepJobConfig) -> SweepInputs:
             "pruning method or a quantization"
         )
     source = resolve_model(cfg.model, field="model", presets=False)
+    if source.config.model_type not in COMPRESSIBLE:
+        raise ConfigError(
+            f"model: the sweep compresses {' and '.join(COMPRESSIBLE)} models (their GGUF form is what it measures), "
+            f"not {source.config.model_type!r}"
+        )
     source.check_block_size(cfg.data.block_size)
     tokenizer = source.tokenizer()
     base = load_base_model(source.location)

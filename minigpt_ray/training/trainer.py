@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from minigpt_ray.config import ConfigError, TrainJobConfig, to_yaml
 from minigpt_ray.logs import get_logger
 from minigpt_ray.modeling.distill import build_student
-from minigpt_ray.modeling.model import count_parameters
+from minigpt_ray.modeling.model import count_parameters, cpu_has_native_bf16
 from minigpt_ray.modeling.tokenizer import save_tokenizer
 from minigpt_ray.outputs import atomic_directory, atomic_write_text
 from minigpt_ray.training.fingerprint import check_or_record, run_fingerprint
@@ -32,6 +32,17 @@ def resolve_use_gpu(setting: str) -> bool:
     if setting == "auto":
         return ray.cluster_resources().get("GPU", 0) > 0
     return setting == "true"
+
+
+def resolve_precision(setting: str, use_gpu: bool) -> str:
+    """`auto`: bf16-mixed on GPUs and on CPUs with bf16 in hardware, fp32 elsewhere; other settings as given (a bf16
+    setting on a CPU without it is kept, with a warning: it is the user's choice, and a slow one)."""
+    native = use_gpu or cpu_has_native_bf16()
+    if setting == "auto":
+        return "bf16-mixed" if native else "fp32"
+    if setting.startswith("bf16") and not native:
+        log.warning("train.precision %s: this CPU has no bf16 matmul instructions; fp32 is much faster here", setting)
+    return setting
 
 
 def check_resources(train, use_gpu: bool) -> None:
@@ -136,6 +147,7 @@ def run_prepared(prepared: PreparedRun, started: float) -> dict:
         clock["prepared"] - clock["started"],
     )
     use_gpu = resolve_use_gpu(cfg.train.use_gpu)
+    cfg.train.precision = resolve_precision(cfg.train.precision, use_gpu)  # what the workers and metrics see
     check_resources(cfg.train, use_gpu)
     if not saved_tokenizer_dir(cfg.output).is_dir():
         with atomic_directory(saved_tokenizer_dir(cfg.output)) as staging:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from minigpt_ray import cli
 from minigpt_ray.config import ConfigError, ExportJobConfig, ServeJobConfig
 from minigpt_ray.config.bases import BASES, NamedBase
-from minigpt_ray.export import GGUF_FILE, export_gguf
+from minigpt_ray.export import export_gguf
 from minigpt_ray.export.gguf import write_gguf
 from minigpt_ray.modeling import bases
 from minigpt_ray.modeling.source import resolve_model

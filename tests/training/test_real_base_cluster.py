@@ -1,0 +1,62 @@
+"""The default pretrained base, for real (SmolLM2-135M-Instruct from its registry package, installed by
+scripts/setup.sh): converted from its GGUF, a few LoRA steps under ZeRO-2 on two Ray Train workers, exported to GGUF,
+answered by llama.cpp's own chat completion and by the Serve app's /v1/chat/completions over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from minigpt_ray.cluster import free_port
+from minigpt_ray.config import ServeJobConfig, TrainJobConfig
+from minigpt_ray.config.bases import DEFAULT_BASE
+from minigpt_ray.export import export_gguf
+from minigpt_ray.training.trainer import run_training
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def tuned_base(ray_cluster, tmp_path_factory):
+    output = tmp_path_factory.mktemp("real_base") / "lora"
+    cfg = TrainJobConfig(output=str(output), sample_prompt="")
+    cfg.model.name = DEFAULT_BASE
+    cfg.data.sources, cfg.data.max_chars_per_source, cfg.data.block_size = ["shakespeare"], 40_000, 64
+    cfg.lora.r, cfg.lora.lora_alpha = 8, 16.0
+    t = cfg.train
+    t.num_workers, t.zero_stage, t.micro_batch_size, t.max_steps, t.warmup_steps, t.lr = 2, 2, 2, 4, 1, 2e-3
+    t.eval_every, t.eval_batches, t.checkpoint_every, t.log_every = 4, 2, 4, 1
+    return output, run_training(cfg.validate())
+
+
+def test_lora_on_the_default_base_trains_a_small_fraction_and_learns(tuned_base):
+    _, metrics = tuned_base
+    assert metrics["params"] > 130e6 and metrics["trainable_params"] <= 0.02 * metrics["params"]
+    assert metrics["zero_stage"] == 2 and metrics["num_workers"] == 2
+    assert metrics["final_val_loss"] < metrics["initial_val_loss"] < 5.0  # a pretrained model: far below ln(49152)
+
+
+def test_its_gguf_answers_chat_in_llama_cpp_and_over_http(tuned_base):
+    from llama_cpp import Llama
+    from ray import serve
+
+    output, _ = tuned_base
+    path = export_gguf(output / "model", output / "export", "q8_0")
+    llm = Llama(str(path), n_ctx=256, n_threads=2, verbose=False)
+    reply = llm.create_chat_completion(QUESTION, max_tokens=32, temperature=0)["choices"][0]
+    # The template and the ChatML markers came with the file: the reply is text, and it ends at <|im_end|>.
+    assert reply["message"]["content"].strip() and reply["finish_reason"] == "stop"
+    del llm
+    cfg = ServeJobConfig(model=str(output / "export"), port=free_port())
+    cfg.scaling.max_replicas, cfg.scaling.cpus_per_replica = 1, 1
+    from minigpt_ray.serving.app import deploy
+
+    url = deploy(cfg.validate())
+    try:
+        body = {"messages": QUESTION, "max_tokens": 32, "temperature": 0}
+        answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+        assert answer["choices"][0]["message"]["content"].strip()
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        assert requests.get(f"{url}/health", timeout=30).json()["format"] == "gguf"
+    finally:
+        serve.shutdown()
