@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from minigpt_ray.config import ConfigError
-from minigpt_ray.config.bases import BASES, is_base
+from minigpt_ray.config.bases import BASES, check_installed, is_base
 from minigpt_ray.modeling.bases import materialize_base
 from minigpt_ray.modeling.model import PRESETS, ModelBuildSpec, is_preset, max_positions
 from minigpt_ray.modeling.tokenizer import load_tokenizer
@@ -82,6 +82,7 @@ def resolve_model(name: str, field: str = "model.name", presets: bool = True) ->
     """Resolve `name` before any worker starts; a bad name raises ConfigError naming `field`, in one line.
     `presets=False` for jobs that need trained weights (the sweep)."""
     if is_base(name):
+        check_installed(name, field)
         location = materialize_base(name)
         return ModelSource(name=name, location=str(location), config=AutoConfig.from_pretrained(location),
                            field=field, base=name)  # fmt: skip

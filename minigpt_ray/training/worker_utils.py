@@ -203,8 +203,11 @@ def cluster_peak_flops(train, device: torch.device) -> float:
             log(0, f"MFU: peak of {name!r} unknown, assuming 100 TFLOP/s; set train.peak_tflops")
         per_worker = (known or 100.0) * 1e12
     else:
-        dtype = torch.bfloat16 if train.precision.startswith("bf16") else torch.float32
-        per_worker = measure_matmul_flops(dtype, device)
+        # The better of the two: on a CPU without bf16 instructions torch's emulated 1024² bf16 matmul is slower
+        # than the small matmuls a bf16 step runs (and than fp32), so it would not bound what the step achieves.
+        per_worker = measure_matmul_flops(torch.float32, device)
+        if train.precision.startswith("bf16"):
+            per_worker = max(per_worker, measure_matmul_flops(torch.bfloat16, device))
     total = torch.tensor([per_worker], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.item()

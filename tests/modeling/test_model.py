@@ -34,8 +34,10 @@ def test_unknown_preset_and_missing_dirs(tmp_path):
         resolve_model(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"^model.name: .*has no config.json"):
         resolve_model(str(tmp_path))
-    with pytest.raises(ConfigError, match=r"^model.name: unknown preset 'gpt-nanoo' \(did you mean gpt-nano\?"):
+    with pytest.raises(ConfigError, match=r"^model.name: unknown model 'gpt-nanoo' \(did you mean gpt-nano\?"):
         resolve_model("gpt-nanoo")
+    with pytest.raises(ConfigError, match=r"did you mean smollm2-135m-instruct\? bases: smollm2-135m-instruct, "):
+        resolve_model("smollm2-135m")
     with pytest.raises(ConfigError, match=r"^model: gpt-nano is a preset"):
         resolve_model("gpt-nano", field="model", presets=False)
     with pytest.raises(ConfigError, match=r"^model.name: unknown preset"):

@@ -130,12 +130,15 @@ def test_bad_settings_are_named_with_their_stage_before_anything_runs(tmp_path):
 
 def test_shipped_pipeline_and_sweep_configs_are_valid():
     from minigpt_ray.config import load_yaml, parse_args
+    from minigpt_ray.config.bases import DEFAULT_BASE
     from minigpt_ray.config.sweep import SweepJobConfig
 
     plan = plan_pipeline(load_yaml(str(REPO / "configs" / "pipeline.yaml")))
-    assert plan.stages == ["pretrain", "finetune", "sweep", "serve"]
-    assert plan.configs["finetune"].model.name == str(Path("runs/pipeline/pretrain/model"))
+    assert plan.stages == ["finetune", "sweep", "serve"]  # from the pretrained default base
+    assert plan.configs["finetune"].model.name == DEFAULT_BASE and plan.configs["finetune"].lora.r == 16
+    assert plan.configs["sweep"].model == str(Path("runs/pipeline/finetune/model"))
     assert plan.configs["serve"].model == str(Path("runs/pipeline/sweep/winner"))
+    assert plan.chat_prompts  # the report shows every model answering the same questions
     sweep = parse_args(["--config", str(REPO / "configs" / "sweep.yaml")], "t", SweepJobConfig)
     assert sweep.search.algorithm == "optuna" and sweep.search.num_samples == 16
 

@@ -57,6 +57,6 @@ def test_its_gguf_answers_chat_in_llama_cpp_and_over_http(tuned_base):
         answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
         assert answer["choices"][0]["message"]["content"].strip()
         assert answer["choices"][0]["finish_reason"] == "stop"
-        assert requests.get(f"{url}/health", timeout=30).json()["format"] == "gguf"
+        assert requests.get(f"{url}/health", timeout=30).json()["format"] == "GGUF Q8_0"
     finally:
         serve.shutdown()
