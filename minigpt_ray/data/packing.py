@@ -31,15 +31,28 @@ class PackedData:
     replaced) or "off" (no cache)."""
 
 
+def document_prefix(tokenizer) -> list[int]:
+    """[BOS] for tokenizers that start every text with it (Gemma: the model was pretrained so and degrades without
+    it), [] otherwise (the presets and SmolLM2 separate documents with EOS alone)."""
+    bos = tokenizer.bos_token_id
+    if bos is None or bos == tokenizer.eos_token_id:
+        return []
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]  # what the tokenizer itself puts first
+    return [bos] if probe and probe[0] == bos else []
+
+
 def tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids per text, EOS appended, through a batched `datasets` map (Arrow columns, no Python loop per doc)."""
+    """Token ids per text, EOS appended (and BOS prepended where the tokenizer wants it), through a batched
+    `datasets` map (Arrow columns, no Python loop per doc)."""
     if not texts:
         return []
-    eos = tokenizer.eos_token_id
+    eos, first = tokenizer.eos_token_id, document_prefix(tokenizer)
     table = datasets.Dataset.from_dict({"text": texts})
     datasets.disable_progress_bars()
     tokenized = table.map(
-        lambda batch: {"ids": [ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]},
+        lambda batch: {
+            "ids": [first + ids + [eos] for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]
+        },
         batched=True,
         batch_size=2000,
         remove_columns=["text"],

@@ -26,7 +26,7 @@ from minigpt_ray.outputs import atomic_directory, cache_root
 
 log = get_logger()
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Part of every converted directory's key: raised when what the conversion writes changes."""
 BASE_INFO = "base.json"
 """Written into a converted directory: which base, which GGUF (and its SHA-256) it came from."""
@@ -84,6 +84,8 @@ def convert_gguf(gguf_path: Path, output: Path, info: dict) -> None:
                     delattr(holder, attribute)
     model.is_quantized = False
     restore_pre_tokenizer(tokenizer, gguf_metadata(gguf_path, "tokenizer.ggml.pre"))
+    if not getattr(tokenizer, "chat_template", None) and info.get("chat_template"):
+        tokenizer.chat_template = info["chat_template"]
     with atomic_directory(output) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -159,6 +161,7 @@ def materialize_base(name: str, cache_dir: str = "") -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (target / BASE_INFO).is_file():
             log.info("converting base %s (%s) to a Hugging Face directory, once: %s", name, source.name, target)
-            info = {"base": name, "sha256": sha256, "license": base.license, "format_version": FORMAT_VERSION}
+            info = {"base": name, "sha256": sha256, "license": base.license, "format_version": FORMAT_VERSION,
+                    "chat_template": base.chat_template}  # fmt: skip
             convert_gguf(source, target, info)
     return target

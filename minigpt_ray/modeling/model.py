@@ -145,6 +145,9 @@ class SampleSpec:
     @classmethod
     def for_prompt(cls, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0, **settings) -> SampleSpec:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token_id
+        if bos is not None and bos != tokenizer.eos_token_id and tokenizer("a")["input_ids"][:1] == [bos]:
+            ids = [bos, *ids]  # a model that always starts with BOS (Gemma) degrades without it
         pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
         return cls(tuple(ids), max_new_tokens, seed, pad_token_id=pad, eos_token_id=eos, **settings)
 

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from minigpt_ray.config.serve import LimitsConfig
+from minigpt_ray.data.packing import document_prefix
 from minigpt_ray.serving.generation import GenerationRequest
 
 MAX_STOP_SEQUENCES = 4
@@ -166,6 +167,9 @@ def parse_completion(
         ignore_eos=body.get("ignore_eos", False),
     )
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    first = document_prefix(tokenizer)  # [BOS] for models that always start with it (Gemma), as in training
+    if first and ids[:1] != first:
+        ids = first + ids
     if len(ids) > limits.max_prompt_tokens:
         if limits.prompt_overflow != "truncate-left":
             raise ApiError(

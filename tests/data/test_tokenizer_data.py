@@ -64,3 +64,20 @@ def test_prepare_data_shapes_and_split(tokenizer):
 def test_corpus_shorter_than_one_block(tokenizer):
     with pytest.raises(ConfigError, match=r"^data.sources: .*fewer than one block \(data.block_size=512\)"):
         prepare_data(CorpusConfig(sources=["tiny"], block_size=512), tokenizer, [Document("tiny", "too short")] * 3)
+
+
+def test_documents_start_with_bos_only_where_the_tokenizer_starts_texts_with_it():
+    from tokenizers.processors import TemplateProcessing
+
+    from minigpt_ray.data.packing import document_prefix, tokenize_texts
+    from minigpt_ray.modeling.tokenizer import train_bpe
+
+    plain = train_bpe(["hello world, hello there"] * 20, 300)
+    assert document_prefix(plain) == [] and tokenize_texts(plain, ["hello"])[0][-1] == plain.eos_token_id
+    gemma_like = train_bpe(["hello world, hello there"] * 20, 300)
+    gemma_like.add_special_tokens({"bos_token": "<bos>"})
+    bos = gemma_like.bos_token_id
+    gemma_like.backend_tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    assert bos != gemma_like.eos_token_id and document_prefix(gemma_like) == [bos]
+    ids = tokenize_texts(gemma_like, ["hello", "world"])
+    assert [d[0] for d in ids] == [bos, bos] and all(d[-1] == gemma_like.eos_token_id for d in ids)
