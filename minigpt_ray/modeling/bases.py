@@ -22,7 +22,7 @@ from pathlib import Path
 from minigpt_ray.config import ConfigError
 from minigpt_ray.config.bases import BASES, NamedBase, check_installed, is_base  # noqa: F401 (re-exported)
 from minigpt_ray.logs import get_logger
-from minigpt_ray.outputs import atomic_directory, cache_root
+from minigpt_ray.outputs import atomic_directory, atomic_write_text, cache_root
 
 log = get_logger()
 
@@ -46,6 +46,22 @@ def gguf_path(base: NamedBase, cache: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"model: base {base.name}: {path} is missing; reinstall it: {base.install_command}")
     return path
+
+
+def known_sha256(path: Path, stamps: Path) -> str:
+    """The file's SHA-256, hashed again only when its size or modification time changed: every process that loads a
+    base (driver, workers, replicas, the report) asks, and hashing 100-250 MB each time would cost seconds."""
+    stat = path.stat()
+    stamp = stamps / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16] + ".json")
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        if {k: recorded[k] for k in seen} == seen:
+            return recorded["sha256"]
+    sha256 = file_sha256(path)
+    with contextlib.suppress(OSError):
+        atomic_write_text(stamp, json.dumps(seen | {"sha256": sha256}))
+    return sha256
 
 
 def file_sha256(path: Path) -> str:
@@ -152,7 +168,7 @@ def materialize_base(name: str, cache_dir: str = "") -> Path:
     base = BASES[name]
     root = cache_root(cache_dir)
     source = gguf_path(base, root)
-    sha256 = file_sha256(source)
+    sha256 = known_sha256(source, root / "bases" / ".sha256")
     target = root / "bases" / f"{name}-{converted_key(name, sha256)[:16]}"
     if (target / BASE_INFO).is_file():
         return target

